@@ -1,0 +1,62 @@
+"""Small shared layers: parameter-free LayerNorm, logically partitioned Dense, attention.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, ...) so the same
+module runs unsharded on one CPU and FSDP/tensor-parallel on a pod (see `bigvar.parallel`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm without affine parameters, computed in float32 (torch `elementwise_affine=False`)."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return (x32 - mean) * jax.lax.rsqrt(var + eps)
+
+
+def dense(features: int, axes: tuple[str, str], name: str | None = None, *, use_bias: bool = True,
+          std: float = 0.02, dtype: Dtype = jnp.float32) -> nn.Dense:
+    """Dense layer whose kernel (in, out) and bias (out,) carry logical axis names."""
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+    )
+
+
+def param(module: nn.Module, name: str, init, shape: Sequence[int], axes: tuple[str | None, ...]):
+    return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), jnp.float32)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """`F.normalize(x, dim=-1)`: x / max(‖x‖₂, eps)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
+              mask: jax.Array | None = None, impl: str = "xla") -> jax.Array:
+    """Softmax attention. q: (B, T, H, D); k, v: (B, S, H, D); mask: (T, S) bool, True = attend.
+
+    `xla` is a plain einsum (softmax in float32); `cudnn` asks for cuDNN's fused kernel (GPU,
+    fp16/bf16 only). Returns (B, T, H, D) in q's dtype.
+    """
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=None if mask is None else mask[None, None], scale=scale,
+            implementation="cudnn")
+    if impl != "xla":
+        raise ValueError(f"attention impl {impl!r} is not one of 'xla', 'cudnn'")
+    logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        logits = jnp.where(mask[None, None], logits, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", weights, v)

@@ -1,0 +1,155 @@
+"""VAR coarse-to-fine sampling (VAR_SPEC §3) as one jittable function.
+
+* The 10 scales are unrolled (each has its own static token count); the layers are scanned.
+* KV cache: preallocated (depth, 2B, L, H, hd) arrays; scale k writes its slice [start, end) and
+  attends to [0, end) — the rows of the block-causal mask, so no mask is needed.
+* CFG doubles the batch as interleaved (conditional, null-class) pairs, so a sample's pair stays
+  on the device that holds the sample when the batch is sharded over `data`.
+* Randomness is per sample: sample i draws from fold_in(PRNGKey(seed), global index i), then
+  fold_in(·, scale). Image i for seed s is the same whatever the batch size or device count.
+* Editing (VAR_SPEC §3.6): optional ground-truth tokens and per-scale keep-masks replace the
+  sampled tokens where the mask is set, before f̂ is updated.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from bigvar.models.var import VAR
+from bigvar.tokenizers.msvq import MultiScaleVQVAE
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """cfg: guidance at the last scale (linear ramp t = cfg·si/(K−1)); 0 disables CFG.
+    top_k: keep the k largest logits (0 or ≥ vocab: off). top_p: nucleus mass in (0, 1] (0: off).
+    more_smooth: Gumbel-softmax mixture of code vectors (visualisation only, not for FID)."""
+    cfg: float = 1.5
+    top_k: int = 900
+    top_p: float = 0.96
+    more_smooth: bool = False
+
+    def __post_init__(self):
+        if self.cfg < 0:
+            raise ValueError(f"cfg must be ≥ 0 (0 disables guidance); got {self.cfg}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be ≥ 0 (0 disables it); got {self.top_k}")
+        if not (self.top_p == 0 or 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], or 0 to disable it; got {self.top_p}")
+
+
+class EditGuide(NamedTuple):
+    """Ground truth for zero-shot editing: per scale, token ids (B, pn²) and a keep-mask (B, pn²)
+    that is True where the ground-truth token is kept (not generated)."""
+    gt_idx: Sequence[jax.Array]
+    keep: Sequence[jax.Array]
+
+
+class SampleOutput(NamedTuple):
+    images: jax.Array            # (B, H, W, 3) uint8
+    tokens: jax.Array            # (B, L) int32, all scales concatenated
+    logits: jax.Array | None     # (B, L, V) conditional logits per scale, when asked for
+
+
+def filter_top_k_top_p(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """The official `sample_with_top_k_top_p_` masking (−inf outside the kept set), last axis.
+
+    top-k keeps ties at the threshold; top-p then removes, in ascending order, the entries whose
+    cumulative probability is ≤ 1 − p, never the largest one.
+    """
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        threshold = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    if 0 < top_p < 1:
+        order = jnp.argsort(logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        remove_sorted = (cum <= 1 - top_p).at[..., -1].set(False)
+        remove = jnp.take_along_axis(remove_sorted, jnp.argsort(order, axis=-1), axis=-1)
+        logits = jnp.where(remove, -jnp.inf, logits)
+    return logits
+
+
+def per_sample_keys(seed: jax.Array, sample_index: jax.Array) -> jax.Array:
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(sample_index)
+
+
+def to_uint8(img: jax.Array) -> jax.Array:
+    """[−1, 1] → uint8 via the official (x + 1)/2 in [0, 1], then round(·255)."""
+    return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_params, vae_params,
+           labels: jax.Array, seed: jax.Array, sample_index: jax.Array,
+           edit: EditGuide | None = None, return_logits: bool = False) -> SampleOutput:
+    """Generates images for `labels` (B,) (the null class `num_classes` for unconditional).
+
+    Pure and jittable with `var`, `vae`, `settings`, `return_logits` static.
+    """
+    spec = vae.spec
+    if tuple(var.patch_nums) != spec.patch_nums:
+        raise ValueError(f"VAR patch_nums {var.patch_nums} != tokenizer patch_nums {spec.patch_nums}")
+    b = labels.shape[0]
+    use_cfg = settings.cfg > 0
+    pairs = 2 if use_cfg else 1
+    keys = per_sample_keys(seed, sample_index)
+    run = lambda method, *a: var.apply(var_params, *a, method=method)  # noqa: E731
+    embed = lambda idx: vae.apply(vae_params, idx, method=MultiScaleVQVAE.embed)  # noqa: E731
+
+    labels_x = labels[:, None]
+    if use_cfg:
+        labels_x = jnp.concatenate([labels_x, jnp.full_like(labels_x, var.num_classes)], axis=1)
+    labels_x = labels_x.reshape(b * pairs)
+    cond = run(VAR.class_condition, labels_x)
+    x = run(VAR.first_tokens, cond)
+
+    head_dim = var.embed_dim // var.num_heads
+    cache_shape = (var.depth, b * pairs, var.seq_len, var.num_heads, head_dim)
+    cache_k = jnp.zeros(cache_shape, var.dtype)
+    cache_v = jnp.zeros(cache_shape, var.dtype)
+    f_hat = jnp.zeros((b, spec.latent_size, spec.latent_size, vae.z_channels), jnp.float32)
+    tokens, all_logits = [], []
+    k_scales = spec.num_scales
+    for si, (pn, (start, end)) in enumerate(zip(spec.patch_nums, spec.begin_ends)):
+        past = None if si == 0 else (cache_k[:, :, :start], cache_v[:, :, :start])
+        logits, (new_k, new_v) = run(VAR.step, x, cond, past)
+        cache_k = cache_k.at[:, :, start:end].set(new_k.astype(var.dtype))
+        cache_v = cache_v.at[:, :, start:end].set(new_v.astype(var.dtype))
+        logits = logits.reshape(b, pairs, pn * pn, -1)
+        if return_logits:
+            all_logits.append(logits[:, 0])
+        ratio = si / max(k_scales - 1, 1)
+        t = settings.cfg * ratio
+        logits = (1 + t) * logits[:, 0] - t * logits[:, 1] if use_cfg else logits[:, 0]
+        logits = filter_top_k_top_p(logits, settings.top_k, settings.top_p)
+
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, si)
+        idx = jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(step_keys, logits)
+        idx = idx.astype(jnp.int32)
+        if settings.more_smooth:
+            tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
+            gumbel = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, 1), logits.shape[1:]))(step_keys)
+            weights = jax.nn.softmax((logits * (1 + ratio) + gumbel) / tau, axis=-1)
+            codebook = vae_params["params"]["quantize"]["embedding"]
+            h = jnp.einsum("blv,vc->blc", weights, codebook, precision=jax.lax.Precision.HIGHEST)
+        else:
+            h = embed(idx)
+        if edit is not None:
+            keep = edit.keep[si].astype(bool)
+            idx = jnp.where(keep, edit.gt_idx[si], idx)
+            h = jnp.where(keep[..., None], embed(edit.gt_idx[si]), h)
+        tokens.append(idx)
+
+        f_hat, nxt = vae.apply(vae_params, si, f_hat, h.reshape(b, pn, pn, -1),
+                               method=MultiScaleVQVAE.next_autoregressive_input)
+        if si != k_scales - 1:
+            x = run(VAR.embed_next, nxt.reshape(b, -1, vae.z_channels), end)
+            x = jnp.repeat(x, pairs, axis=0)  # the same tokens feed both CFG halves
+
+    images = to_uint8(vae.apply(vae_params, f_hat, method=MultiScaleVQVAE.fhat_to_img))
+    logits_out = jnp.concatenate(all_logits, axis=1) if return_logits else None
+    return SampleOutput(images, jnp.concatenate(tokens, axis=1), logits_out)
