@@ -233,6 +233,11 @@ class MultiScaleVQVAE(nn.Module):
     # ---- the pieces -------------------------------------------------------------------------
     def img_to_f(self, img):
         """(B, H, W, 3) in [−1, 1] → continuous latent f (B, H/16, W/16, Cvae)."""
+        size = self.patch_nums[-1] * self.downsample
+        if img.ndim != 4 or img.shape[1:] != (size, size, 3):
+            raise ValueError(f"the tokenizer takes (B, {size}, {size}, 3) images for patch_nums "
+                             f"ending at {self.patch_nums[-1]}; got shape {tuple(img.shape)}. "
+                             f"Resize or crop images to {size} px.")
         return self.quant_conv(self.encoder(img))
 
     def fhat_to_img(self, f_hat):
@@ -310,8 +315,7 @@ class Quantizer(nn.Module):
         """Paper Algorithm 1: returns ([idx_k (B, pn²)], [cumulative f̂_k (B, H, W, C)])."""
         b, hh, ww, c = f.shape
         if (hh, ww) != (spec.latent_size,) * 2:
-            raise ValueError(f"latent is {hh}x{ww} but patch_nums end at {spec.latent_size}; "
-                             f"images must be {spec.latent_size * 16} px for these patch_nums")
+            raise ValueError(f"latent is {hh}x{ww} but patch_nums end at {spec.latent_size}")
         f_rest, f_hat = f, jnp.zeros_like(f)
         idx_list, f_hats = [], []
         for si, pn in enumerate(spec.patch_nums):

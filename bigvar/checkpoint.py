@@ -1,0 +1,107 @@
+"""Model-weight directories: `params/` (an orbax PyTree checkpoint) and `config.json`.
+
+Written by `bigvar.convert` (and later by export), read by `--config.init_from=DIR`. Writes go to
+a temporary sibling directory that is renamed into place at the end, so a failure never leaves a
+half-written DIR behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PARAMS = "params"
+CONFIG = "config.json"
+
+
+@contextlib.contextmanager
+def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
+    """Yields a temporary directory that becomes `out_dir` only if the block succeeds."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass "
+                              "--overwrite")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_weights(out_dir: str, params: Any, model_config: dict, overwrite: bool = False) -> None:
+    """Saves a params pytree (NumPy or jax arrays) and its model config atomically."""
+    with atomic_directory(out_dir, overwrite) as tmp:
+        checkpointer = ocp.PyTreeCheckpointer()
+        checkpointer.save(os.path.join(tmp, PARAMS), jax.tree_util.tree_map(np.asarray, params))
+        with open(os.path.join(tmp, CONFIG), "w") as f:
+            json.dump(model_config, f, indent=2, sort_keys=True)
+
+
+def load_config(weights_dir: str) -> dict:
+    path = os.path.join(weights_dir, CONFIG)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --config.init_from must be a directory written "
+                                "by `python -m bigvar.convert` (it holds params/ and config.json)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_weights(weights_dir: str, target: Any | None = None) -> Any:
+    """Restores params. With `target` (a pytree of arrays or ShapeDtypeStructs, optionally with
+    `.sharding`), shapes are checked key by key and arrays are placed with those shardings."""
+    path = os.path.join(os.path.abspath(weights_dir), PARAMS)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no params/ in {weights_dir}: expected a directory written by "
+                                "`python -m bigvar.convert`")
+    checkpointer = ocp.PyTreeCheckpointer()
+    if target is None:
+        return checkpointer.restore(path)
+    stored = checkpointer.metadata(path)
+    stored = getattr(stored, "item_metadata", stored)
+    check_tree_shapes(target, stored, what=f"weights in {weights_dir}")
+    restore_args = jax.tree_util.tree_map(
+        lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, dtype=t.dtype)
+        if getattr(t, "sharding", None) is not None else ocp.RestoreArgs(restore_type=np.ndarray),
+        target)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+
+
+def _flat(tree) -> dict[str, Any]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
+            for path, leaf in flat}
+
+
+def check_tree_shapes(expected: Any, actual: Any, what: str) -> None:
+    """Raises a ValueError listing missing, unexpected and mis-shaped entries."""
+    want, got = _flat(expected), _flat(actual)
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    misshaped = sorted(f"{k}: expected {tuple(want[k].shape)}, found {tuple(got[k].shape)}"
+                       for k in set(want) & set(got)
+                       if tuple(want[k].shape) != tuple(got[k].shape))
+    if missing or unexpected or misshaped:
+        raise ValueError(describe_mismatch(what, missing, unexpected, misshaped))
+
+
+def describe_mismatch(what: str, missing, unexpected, misshaped, limit: int = 12) -> str:
+    lines = [f"{what} do not match the model:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        if items:
+            shown = "\n    ".join(list(items)[:limit])
+            more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+            lines.append(f"  {len(items)} {title}:\n    {shown}{more}")
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""Config builders, validation and model construction shared by the files in `configs/`.
+
+A config is an `ml_collections.ConfigDict` with sections `var` (transformer), `vae` (tokenizer),
+`sample` (sampling job), `mesh` (device mesh) and top-level `mode`, `seed`, `init_from`.
+"""
+from __future__ import annotations
+
+import ml_collections
+import jax.numpy as jnp
+
+PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+MODES = ("sample", "train", "eval")
+
+# Per-depth recipe values from VAR_SPEC §2.1 and §4.7 (used by the trainer).
+VAR_RECIPES = {
+    16: dict(init_adaln_gamma=1e-3, tblr=1e-4, batch_size=768, epochs=200, wpe=0.1, twde=0.05),
+    20: dict(init_adaln_gamma=1e-3, tblr=1e-4, batch_size=768, epochs=250, wpe=0.1, twde=0.05),
+    24: dict(init_adaln_gamma=1e-4, tblr=8e-5, batch_size=768, epochs=350, wpe=0.01, twde=0.05),
+    30: dict(init_adaln_gamma=1e-5, tblr=8e-5, batch_size=1024, epochs=350, wpe=0.01, twde=0.08),
+    36: dict(init_adaln_gamma=5e-6, tblr=8e-5, batch_size=768, epochs=350, wpe=0.01, twde=0.08),
+}
+
+
+def vae_config(ch: int = 160, vocab_size: int = 4096) -> ml_collections.ConfigDict:
+    """The released `vae_ch160v4096z32` tokenizer (shared by every VAR release, 256 and 512 px)."""
+    return ml_collections.ConfigDict(dict(
+        vocab_size=vocab_size, z_channels=32, ch=ch, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+        quant_resi=0.5, share_quant_resi=4,
+    ))
+
+
+def var_model_config(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_NUMS_256,
+                     embed_dim: int | None = None, num_heads: int | None = None,
+                     num_classes: int = 1000) -> ml_collections.ConfigDict:
+    """The official depth rule: heads = depth, width = 64·depth, drop_path 0.1·depth/24."""
+    return ml_collections.ConfigDict(dict(
+        depth=depth, embed_dim=embed_dim or 64 * depth, num_heads=num_heads or depth,
+        mlp_ratio=4.0, num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=True,
+        patch_nums=tuple(patch_nums), norm_eps=1e-6, cond_drop_rate=0.1,
+        drop_path_rate=0.1 * depth / 24, attn_impl="xla", remat=False, dtype="float32",
+    ))
+
+
+def var_config(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_NUMS_256,
+               arg: str | None = None) -> ml_collections.ConfigDict:
+    """Full job config for a released VAR model; sampling defaults are the FID protocol."""
+    config = ml_collections.ConfigDict()
+    config.model = "var"
+    config.mode = "sample"
+    config.seed = 0
+    config.init_from = ""  # directory written by `python -m bigvar.convert var ...`
+    config.allow_random_init = False  # sampling from random weights: smoke tests only
+    config.var = var_model_config(depth, shared_aln=shared_aln, patch_nums=patch_nums)
+    config.vae = vae_config()
+    config.sample = ml_collections.ConfigDict(dict(
+        classes=(980, 437, 22, 562, 207, 88, 279, 388),  # () = every class
+        images_per_class=2, batch_size=16, seed=0,
+        cfg=1.5, top_k=900, top_p=0.96, more_smooth=False,
+        grid_cols=8, save_pngs=True,
+    ))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.recipe = ml_collections.ConfigDict(VAR_RECIPES.get(depth, VAR_RECIPES[16]))
+    if arg == "fid":  # the README protocol: 50 images for each of the 1000 classes
+        config.sample.classes = ()
+        config.sample.images_per_class = 50
+        config.sample.batch_size = 64
+        config.sample.save_pngs = True
+    elif arg == "demo":  # the demo notebook's settings
+        config.sample.cfg, config.sample.top_p = 4.0, 0.95
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; expected 'fid' or 'demo'")
+    return config
+
+
+def _fail(path: str, value, expected: str):
+    raise ValueError(f"config.{path} = {value!r} is invalid: expected {expected}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks the values a user can get wrong; raises ValueError naming the field and the fix."""
+    if config.mode not in MODES:
+        _fail("mode", config.mode, f"one of {MODES}")
+    if config.model != "var":
+        _fail("model", config.model, "'var'")
+    v, q = config.var, config.vae
+    pns = tuple(v.patch_nums)
+    if not pns or any(p <= 0 for p in pns) or list(pns) != sorted(set(pns)):
+        _fail("var.patch_nums", pns, "strictly increasing positive ints, e.g. (1,2,3,4,5,6,8,10,13,16)")
+    if v.embed_dim % v.num_heads:
+        _fail("var.num_heads", v.num_heads, f"a divisor of var.embed_dim={v.embed_dim}")
+    if v.num_classes < 1:
+        _fail("var.num_classes", v.num_classes, "≥ 1")
+    if v.attn_impl not in ("xla", "cudnn"):
+        _fail("var.attn_impl", v.attn_impl, "'xla' or 'cudnn' (GPU only)")
+    if v.dtype not in ("float32", "bfloat16"):
+        _fail("var.dtype", v.dtype, "'float32' or 'bfloat16'")
+    if q.ch % 32:
+        _fail("vae.ch", q.ch, "a multiple of 32 (GroupNorm uses 32 groups)")
+    s = config.sample
+    if s.cfg < 0:
+        _fail("sample.cfg", s.cfg, "≥ 0 (0 disables guidance)")
+    if s.top_k < 0:
+        _fail("sample.top_k", s.top_k, "≥ 0 (0 disables top-k)")
+    if not (s.top_p == 0 or 0 < s.top_p <= 1):
+        _fail("sample.top_p", s.top_p, "a value in (0, 1], or 0 to disable top-p")
+    bad = [c for c in s.classes if not 0 <= c < v.num_classes]
+    if bad:
+        _fail("sample.classes", tuple(s.classes),
+              f"class ids in [0, {v.num_classes}) (got {bad}); use () for every class")
+    if s.images_per_class < 1 or s.batch_size < 1:
+        _fail("sample.images_per_class/batch_size", (s.images_per_class, s.batch_size), "≥ 1")
+    return config
+
+
+ARCH_FIELDS = {
+    "var": ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "shared_aln",
+            "attn_l2_norm", "patch_nums", "norm_eps"),
+    "vae": ("vocab_size", "z_channels", "ch", "ch_mult", "num_res_blocks", "quant_resi",
+            "share_quant_resi"),
+}
+
+
+def check_architecture(config: ml_collections.ConfigDict, stored: dict, source: str) -> None:
+    """The config's model sections must describe the stored model (`source` names it)."""
+    diffs = []
+    for section, fields in ARCH_FIELDS.items():
+        for field in fields:
+            want, have = config[section][field], stored.get(section, {}).get(field)
+            if isinstance(want, (list, tuple)):
+                want, have = tuple(want), tuple(have or ())
+            if want != have:
+                diffs.append(f"{section}.{field}: config has {want!r}, checkpoint has {have!r}")
+    if diffs:
+        raise ValueError(
+            f"{source} holds a different model than the config:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse the config file that matches the checkpoint (e.g. configs/var_d30.py for "
+              "var_d30.pth), or override the fields with --config.var.<field>=...")
+
+
+def image_size(config: ml_collections.ConfigDict) -> int:
+    return config.var.patch_nums[-1] * 2 ** (len(config.vae.ch_mult) - 1)
+
+
+def build_vae(config: ml_collections.ConfigDict):
+    from bigvar.tokenizers.msvq import MultiScaleVQVAE
+    q = config.vae
+    return MultiScaleVQVAE(
+        vocab_size=q.vocab_size, z_channels=q.z_channels, ch=q.ch, ch_mult=tuple(q.ch_mult),
+        num_res_blocks=q.num_res_blocks, quant_resi=q.quant_resi,
+        share_quant_resi=q.share_quant_resi, patch_nums=tuple(config.var.patch_nums))
+
+
+def build_var(config: ml_collections.ConfigDict):
+    from bigvar.models.var import VAR
+    v = config.var
+    return VAR(
+        vocab_size=config.vae.vocab_size, cvae=config.vae.z_channels, num_classes=v.num_classes,
+        depth=v.depth, embed_dim=v.embed_dim, num_heads=v.num_heads, mlp_ratio=v.mlp_ratio,
+        patch_nums=tuple(v.patch_nums), shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
+        norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, drop_path_rate=v.drop_path_rate,
+        attn_impl=v.attn_impl, remat=v.remat, dtype=jnp.dtype(v.dtype))

@@ -1,0 +1,67 @@
+"""Convert official PyTorch checkpoints to bigvar weight directories, without torch.
+
+  python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=ckpt/var_d16
+
+The output directory holds `params/` (orbax) and `config.json`; sample from it with
+`python -m bigvar.main --config=configs/var_d16.py --config.init_from=ckpt/var_d16 --workdir=...`.
+Nothing is written if the conversion fails.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bigvar import checkpoint
+from bigvar.convert.common import ConversionError
+from bigvar.convert.torch_pickle import CheckpointError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bigvar.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="model", required=True)
+    var = sub.add_parser("var", help="VAR: VQ-VAE + transformer")
+    var.add_argument("--vae", required=True, help="vae_ch160v4096z32.pth")
+    var.add_argument("--var", required=True, help="var_d16.pth … var_d36.pth, or a training "
+                     "checkpoint (ar-ckpt-*.pth, weights under ['trainer']['var_wo_ddp'])")
+    var.add_argument("--out", required=True, help="output directory")
+    var.add_argument("--patch_nums", default=None,
+                     help="comma-separated, only for non-released sequence lengths")
+    var.add_argument("--config", default=None,
+                     help="a config file (e.g. configs/var_d16.py) the checkpoint must match")
+    var.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return parser
+
+
+def _load_config_file(path: str):
+    from ml_collections import config_flags
+    from absl import flags
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", path, flag_values=fv)
+    fv(["convert"])
+    return fv.config
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.model == "var":
+            from bigvar.convert import var
+            patch_nums = [int(p) for p in args.patch_nums.split(",")] if args.patch_nums else None
+            expected = _load_config_file(args.config) if args.config else None
+            config, params = var.convert(args.vae, args.var, patch_nums, expected)
+            model_config = {"model": "var", "var": config.var.to_dict(), "vae": config.vae.to_dict(),
+                            "source": {"vae": args.vae, "var": args.var}}
+            checkpoint.save_weights(args.out, params, model_config, overwrite=args.overwrite)
+            v = config.var
+            print(f"converted VAR depth={v.depth} width={v.embed_dim} heads={v.num_heads} "
+                  f"classes={v.num_classes} shared_aln={v.shared_aln} attn_l2_norm={v.attn_l2_norm} "
+                  f"patch_nums={tuple(v.patch_nums)} → {args.out}")
+    except (ConversionError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
