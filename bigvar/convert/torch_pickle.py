@@ -92,14 +92,17 @@ def load(path: str | os.PathLike[str]) -> Any:
     """Return the object saved in the `torch.save` zip checkpoint at ``path``.
 
     Every tensor comes back as a C-contiguous, writable numpy array that shares memory
-    with no other returned array (``nn.Parameter`` becomes a plain array). Storages are
-    read once each, directly into the buffer that backs the array when one tensor
-    covers the whole storage. ``torch.Size`` becomes a tuple, ``torch.device`` a
-    string such as ``"cuda:0"``, and instances of other classes `OpaqueObject`.
+    with no other returned array (a tensor the checkpoint references twice comes back
+    as one array object, as with torch). ``nn.Parameter`` becomes a plain array. Each
+    storage is read once, straight into the buffer that backs the array when a single
+    tensor covers it. ``OrderedDict`` state dicts keep their ``_metadata``;
+    ``torch.Size`` becomes a tuple, ``torch.device`` a string such as ``"cuda:0"``, and
+    instances of other classes `OpaqueObject` placeholders.
 
-    Raises `CheckpointError` for files that cannot be read (with advice for the
-    legacy pre-1.6 format) and `UnsafePickleError` when the pickle asks to call
-    anything outside the allowlist; in both cases nothing from the file was executed.
+    Raises `CheckpointError` for files that cannot be read (with advice for the legacy
+    pre-1.6 format) and `UnsafePickleError` when the pickle asks to call anything outside
+    the allowlist; in both cases nothing from the file was executed. ``OSError`` if the
+    file cannot be opened.
     """
     try:
         with _Archive(path) as archive:

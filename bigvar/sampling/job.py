@@ -24,7 +24,7 @@ import tqdm
 from bigvar import checkpoint, configs, parallel
 from bigvar.images import make_grid, save_png
 from bigvar.models.var import VAR
-from bigvar.sampling.var import SamplingSettings, sample
+from bigvar.sampling.var import SamplingSettings, VARSampler
 from bigvar.tokenizers.msvq import MultiScaleVQVAE
 
 def class_labels(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -72,16 +72,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     var_params, vae_params = load_params(config, var, vae, mesh)
     s = config.sample
     settings = SamplingSettings(cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, more_smooth=s.more_smooth)
+    sampler = VARSampler(var, vae, var_params, vae_params, settings, mesh)
     labels = class_labels(config)
     n = len(labels)
-    dp = parallel.data_parallel_size(mesh)
-    batch = -(-min(s.batch_size, n) // dp) * dp  # a multiple of the data-parallel size
-
-    repl, batched = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    sampler = jax.jit(
-        functools.partial(sample, var, vae, settings),
-        in_shardings=(repl, repl, batched, repl, batched),
-        out_shardings=parallel.batch_sharding(mesh))
+    batch = min(s.batch_size, n)
 
     out_dir = os.path.join(workdir, "samples")
     parts_dir, png_dir = os.path.join(out_dir, "parts"), os.path.join(out_dir, "images")
@@ -94,14 +88,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for k in tqdm.trange(num_batches, desc="sampling", unit="batch"):
         part = os.path.join(parts_dir, f"batch_{k:05d}.npz")
         index = np.arange(k * batch, min((k + 1) * batch, n))
-        if os.path.exists(part):
+        if os.path.exists(part):  # finished by an earlier run of this job
             with np.load(part) as done:
-                images.append(done["images"]), tokens.append(done["tokens"])
-            continue
-        out = sampler(var_params, vae_params, parallel.pad_to_multiple(labels[index], batch),
-                      jnp.uint32(s.seed), parallel.pad_to_multiple(index.astype(np.int32), batch))
-        batch_images = np.asarray(out.images)[:len(index)]
-        batch_tokens = np.asarray(out.tokens)[:len(index)]
+                if np.array_equal(done["index"], index):
+                    images.append(done["images"]), tokens.append(done["tokens"])
+                    continue
+        # A ragged last batch is padded to the full batch: one compiled shape for the whole job.
+        padded = parallel.pad_to_multiple(labels[index], batch)
+        out = sampler.generate(padded, seed=s.seed, first_index=int(index[0]))
+        batch_images, batch_tokens = out.images[:len(index)], out.tokens[:len(index)]
         if s.save_pngs:
             for i, img in zip(index, batch_images):
                 save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), img)

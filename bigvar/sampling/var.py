@@ -17,8 +17,11 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from bigvar import parallel
 from bigvar.models.var import VAR
+from bigvar.sampling.edit import box_mask, scale_keep_masks
 from bigvar.tokenizers.msvq import MultiScaleVQVAE
 
 
@@ -153,3 +156,90 @@ def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_param
     images = to_uint8(vae.apply(vae_params, f_hat, method=MultiScaleVQVAE.fhat_to_img))
     logits_out = jnp.concatenate(all_logits, axis=1) if return_logits else None
     return SampleOutput(images, jnp.concatenate(tokens, axis=1), logits_out)
+
+
+class VARSampler:
+    """Public sampling API: validated inputs, one jitted sampler per input shape, the batch
+    sharded over the mesh's data axes and padded to a multiple of their size.
+
+        sampler = VARSampler(var, vae, var_params, vae_params, SamplingSettings(cfg=4))
+        out = sampler.generate([980, 437], seed=0)        # out.images: (2, 256, 256, 3) uint8
+        out = sampler.inpaint(images, box=(0.1, 0.1, 0.8, 0.8))
+    """
+
+    def __init__(self, var: VAR, vae: MultiScaleVQVAE, var_params, vae_params,
+                 settings: SamplingSettings = SamplingSettings(), mesh=None):
+        self.var, self.vae, self.settings = var, vae, settings
+        self.mesh = mesh if mesh is not None else parallel.make_mesh({"data": -1})
+        self._batch_sharding = parallel.batch_sharding(self.mesh)
+        self._dp = parallel.data_parallel_size(self.mesh)
+        replicated = parallel.replicated(self.mesh)
+        self.var_params = jax.device_put(var_params, replicated)
+        self.vae_params = jax.device_put(vae_params, replicated)
+        self._jitted = {}
+
+    @property
+    def image_size(self) -> int:
+        return self.vae.spec.latent_size * self.vae.downsample
+
+    def check_labels(self, labels) -> np.ndarray:
+        labels = np.asarray(labels, np.int32).reshape(-1)
+        null = self.var.num_classes
+        bad = labels[(labels < 0) | (labels > null)]
+        if bad.size:
+            raise ValueError(f"class ids must be in [0, {null}) or {null} (the null class, "
+                             f"unconditional); got {sorted(set(bad.tolist()))}")
+        return labels
+
+    def _run(self, labels, seed: int, first_index: int, edit: EditGuide | None, return_logits: bool):
+        n = len(labels)
+        index = np.arange(first_index, first_index + n, dtype=np.int32)
+        pad = lambda x: jax.device_put(parallel.pad_to_multiple(np.asarray(x), self._dp),  # noqa: E731
+                                       self._batch_sharding)
+        if edit is not None:
+            edit = EditGuide([pad(g) for g in edit.gt_idx], [pad(k) for k in edit.keep])
+        key = (edit is None, return_logits)
+        if key not in self._jitted:
+            self._jitted[key] = jax.jit(
+                lambda vp, qp, l, s, i, e: sample(self.var, self.vae, self.settings, vp, qp, l, s, i,
+                                                  e, return_logits=return_logits))
+        out = self._jitted[key](self.var_params, self.vae_params, pad(labels),
+                                jnp.uint32(seed), pad(index), edit)
+        return SampleOutput(*(None if x is None else np.asarray(x)[:n] for x in out))
+
+    def generate(self, labels, seed: int = 0, first_index: int = 0,
+                 return_logits: bool = False) -> SampleOutput:
+        """Images for class `labels`. Sample j uses global index first_index + j: a batch job
+        passes its offset so that every image is reproducible on its own."""
+        return self._run(self.check_labels(labels), seed, first_index, None, return_logits)
+
+    def edit(self, images, keep_mask, labels=None, seed: int = 0, first_index: int = 0,
+             return_logits: bool = False) -> SampleOutput:
+        """Zero-shot editing (VAR_SPEC §3.6): tokens of `images` are kept where `keep_mask` is 1
+        and generated elsewhere, conditioned on `labels` (default: the null class, i.e. plain
+        in/out-painting; a class id gives class-conditional editing).
+
+        images: (B, H, W, 3) uint8, or float in [−1, 1]. keep_mask: the last scale's token grid
+        (h, h) or (B, h, h), or a pixel mask (H, W) / (B, H, W) (area-averaged to the grid).
+        """
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 127.5 - 1.0
+        b = images.shape[0]
+        labels = np.full((b,), self.var.num_classes) if labels is None else np.broadcast_to(labels, (b,))
+        labels = self.check_labels(labels)
+        gt = self.vae.apply(self.vae_params, jnp.asarray(images, jnp.float32),
+                            method=MultiScaleVQVAE.img_to_idx)
+        keep = scale_keep_masks(keep_mask, self.vae.spec.patch_nums, b, self.image_size)
+        return self._run(labels, seed, first_index, EditGuide([np.asarray(g) for g in gt], keep),
+                         return_logits)
+
+    def inpaint(self, images, box, labels=None, seed: int = 0) -> SampleOutput:
+        """Regenerates the box (y0, x0, y1, x1), fractions of the image side; keeps the rest."""
+        return self.edit(images, box_mask(self.vae.spec.latent_size, box, inpainting=True), labels, seed)
+
+    def outpaint(self, images, box, labels=None, seed: int = 0) -> SampleOutput:
+        """Keeps the box (y0, x0, y1, x1) and regenerates everything around it."""
+        return self.edit(images, box_mask(self.vae.spec.latent_size, box, inpainting=False), labels, seed)

@@ -1,0 +1,141 @@
+"""VAR sampler: the cached loop equals the teacher-forced forward, filtering and editing masks
+equal the official ones, and sampling is reproducible per sample (batch size, sharding)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigvar import configs, parallel
+from bigvar.convert import var as convert_var
+from bigvar.sampling.edit import box_mask, scale_keep_masks
+from bigvar.sampling.var import EditGuide, SamplingSettings, VARSampler, filter_top_k_top_p, sample
+
+from conftest import FIXTURES
+
+VAR_FIXTURES = os.path.join(FIXTURES, "var")
+
+
+@pytest.fixture(scope="module", params=["d2_256", "d3_512_saln"])
+def converted(request):
+    config, params = convert_var.convert(os.path.join(VAR_FIXTURES, "vqvae_tiny.pth"),
+                                         os.path.join(VAR_FIXTURES, f"var_{request.param}.pth"))
+    fx = np.load(os.path.join(VAR_FIXTURES, f"var_{request.param}.npz"))
+    return config, params, fx
+
+
+def test_cached_sampler_logits_equal_teacher_forced(converted):
+    """Feeding the ground-truth tokens through the KV-cached loop (an all-keep edit guide) gives
+    the official teacher-forced logits, scale by scale."""
+    config, params, fx = converted
+    var, vae = configs.build_var(config), configs.build_vae(config)
+    labels, gt = jnp.asarray(fx["labels"]), jnp.asarray(fx["gt_idx"])
+    gt_list = [gt[:, a:b] for a, b in vae.spec.begin_ends]
+    guide = EditGuide(gt_list, [jnp.ones(g.shape, bool) for g in gt_list])
+    out = jax.jit(lambda vp, qp: sample(var, vae, SamplingSettings(cfg=1.5, top_k=5, top_p=0.9), vp, qp,
+                                        labels, jnp.uint32(0), jnp.arange(len(labels)), guide,
+                                        return_logits=True))(params["var"], params["vae"])
+    np.testing.assert_array_equal(np.asarray(out.tokens), fx["gt_idx"])
+    ref = fx["logits"]
+    rel = np.linalg.norm(np.asarray(out.logits) - ref) / np.linalg.norm(ref)
+    assert rel < 1e-5, rel
+    np.testing.assert_allclose(out.logits, ref, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("k, p", [(0, 0.96), (10, 0.0), (10, 0.5), (50, 0.9), (1, 0.0), (256, 0.95), (0, 1.0)])
+def test_top_k_top_p_equal_official(k, p):
+    fx = np.load(os.path.join(VAR_FIXTURES, "top_k_top_p.npz"))
+    kept = np.isfinite(np.asarray(filter_top_k_top_p(jnp.asarray(fx["logits"]), k, p)))
+    np.testing.assert_array_equal(kept, fx[f"kept_k{k}_p{p}"])
+
+
+def test_edit_scale_masks_equal_official():
+    fx = np.load(os.path.join(VAR_FIXTURES, "edit_masks.npz"))
+    for grid, pns in ((16, configs.PATCH_NUMS_256), (32, configs.PATCH_NUMS_512)):
+        for j in range(4):  # j = 3 is the notebook's default box (exact 0.5 ties at 32 → 24)
+            masks = scale_keep_masks(fx[f"mask_{grid}_{j}"], pns, batch=2)
+            for pn, m in zip(pns, masks):
+                want = fx[f"scale_mask_{grid}_{j}_{pn}"].reshape(-1).astype(bool)
+                np.testing.assert_array_equal(m[0], want, err_msg=f"grid {grid} mask {j} scale {pn}")
+                np.testing.assert_array_equal(m[1], want)
+
+
+def test_box_mask_follows_official_rounding():
+    m = box_mask(16, (0.1, 0.1, 0.8, 0.8), inpainting=True)
+    assert m[2:13, 2:13].sum() == 0 and m.sum() == 256 - 11 * 11  # round(1.6)=2, round(12.8)=13
+    np.testing.assert_array_equal(box_mask(16, (0.1, 0.1, 0.8, 0.8), inpainting=False), 1 - m)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = configs.var_config(16)
+    config.var = configs.var_model_config(2, embed_dim=64, num_heads=2, num_classes=10,
+                                          patch_nums=(1, 2, 3, 4))
+    config.vae = configs.vae_config(ch=32, vocab_size=64)
+    config.vae.ch_mult = (1, 2)  # 2× downsampling: 8-px images, fast
+    from bigvar.sampling.job import init_params
+    var, vae = configs.build_var(config), configs.build_vae(config)
+    var_params, vae_params = init_params(var, vae, 0)
+    # Non-trivial weights: the random init makes every block almost the identity.
+    var_params = jax.tree_util.tree_map(
+        lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), var_params)
+    return var, vae, var_params, vae_params
+
+
+def test_same_image_whatever_the_batch_and_devices(tiny):
+    var, vae, var_params, vae_params = tiny
+    settings = SamplingSettings(cfg=2.0, top_k=20, top_p=0.9)
+    labels = np.array([0, 3, 5, 7, 1, 2, 9, 4])
+    one = VARSampler(var, vae, var_params, vae_params, settings, parallel.make_mesh({"data": 1}, jax.devices()[:1]))
+    eight = VARSampler(var, vae, var_params, vae_params, settings, parallel.make_mesh({"data": -1}))
+    assert len(eight.mesh.devices.flat) == 8
+    full = one.generate(labels, seed=7)
+    sharded = eight.generate(labels, seed=7)
+    np.testing.assert_array_equal(full.tokens, sharded.tokens)
+    np.testing.assert_array_equal(full.images, sharded.images)
+    # Sample 5 alone (global index 5) is the same image as in the batch of 8.
+    alone = one.generate(labels[5:6], seed=7, first_index=5)
+    np.testing.assert_array_equal(alone.tokens[0], full.tokens[5])
+    np.testing.assert_array_equal(alone.images[0], full.images[5])
+    # Different seeds give different samples.
+    assert not np.array_equal(one.generate(labels, seed=8).tokens, full.tokens)
+
+
+def test_more_smooth_and_no_cfg_run(tiny):
+    var, vae, var_params, vae_params = tiny
+    out = VARSampler(var, vae, var_params, vae_params,
+                     SamplingSettings(cfg=0.0, top_k=0, top_p=0.0, more_smooth=True)).generate([1, 2])
+    assert out.images.shape == (2, 8, 8, 3) and out.images.dtype == np.uint8
+    assert out.tokens.shape == (2, 1 + 4 + 9 + 16)
+
+
+def test_inpaint_keeps_the_tokens_outside_the_box(tiny):
+    var, vae, var_params, vae_params = tiny
+    sampler = VARSampler(var, vae, var_params, vae_params, SamplingSettings(cfg=1.0, top_k=10, top_p=0.9))
+    images = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    gt = np.concatenate([np.asarray(g) for g in vae.apply(
+        vae_params, jnp.asarray(images / 127.5 - 1, jnp.float32), method=type(vae).img_to_idx)], axis=1)
+    out = sampler.inpaint(images, box=(0.25, 0.25, 0.75, 0.75))
+    keep = np.concatenate(scale_keep_masks(box_mask(4, (0.25, 0.25, 0.75, 0.75), True), (1, 2, 3, 4), 2), axis=1)
+    np.testing.assert_array_equal(out.tokens[keep], gt[keep])
+    assert out.images.shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match="keep_mask must be"):
+        sampler.edit(images, np.ones((5, 5)))
+
+
+def test_bad_inputs_are_clear_errors(tiny):
+    var, vae, var_params, vae_params = tiny
+    sampler = VARSampler(var, vae, var_params, vae_params, SamplingSettings(top_k=5))
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 10\) or 10"):
+        sampler.generate([3, 11])
+    with pytest.raises(ValueError, match="class ids"):
+        sampler.generate([-1])
+    sampler.generate([10])  # the null class is allowed (unconditional)
+    for bad_p in (1.5, -0.1):
+        with pytest.raises(ValueError, match="top_p must be in"):
+            SamplingSettings(top_p=bad_p)
+    with pytest.raises(ValueError, match="takes .* images"):
+        sampler.inpaint(np.zeros((1, 16, 16, 3), np.uint8), box=(0, 0, 0.5, 0.5))
+    with pytest.raises(ValueError, match="box must be"):
+        sampler.inpaint(np.zeros((1, 8, 8, 3), np.uint8), box=(0.5, 0, 0.2, 1))
