@@ -12,8 +12,6 @@ import argparse
 import sys
 
 from bigvar import checkpoint
-from bigvar.convert.common import ConversionError
-from bigvar.convert.torch_pickle import CheckpointError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +55,7 @@ def main(argv=None) -> int:
             print(f"converted VAR depth={v.depth} width={v.embed_dim} heads={v.num_heads} "
                   f"classes={v.num_classes} shared_aln={v.shared_aln} attn_l2_norm={v.attn_l2_norm} "
                   f"patch_nums={tuple(v.patch_nums)} → {args.out}")
-    except (ConversionError, CheckpointError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # incl. Conversion/CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

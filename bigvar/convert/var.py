@@ -176,18 +176,24 @@ def convert_var_state_dict(sd: dict, depth: int, path: str) -> dict:
             m = pattern.match(key)
             if m:
                 if m.groups():
-                    per_block.setdefault(flax_path, {})[int(m.group(1))] = fn(value)
+                    per_block.setdefault(flax_path, (fn, {}))[1][int(m.group(1))] = value
                 else:
                     set_path(params, flax_path, fn(value))
                 break
         else:
             unknown.append(key)
     report_unknown_keys(f"{path}: the VAR state dict", unknown)
-    for flax_path, rows in per_block.items():
+    for flax_path, (fn, rows) in per_block.items():
+        name = torch_name(flax_path)
         if sorted(rows) != list(range(depth)):
             missing = sorted(set(range(depth)) - set(rows))
-            raise ConversionError(f"{path}: {flax_path} is missing for blocks {missing}")
-        set_path(params, flax_path, np.stack([rows[i] for i in range(depth)]))
+            raise ConversionError(f"{path}: {name} is missing for blocks {missing}")
+        shapes = {i: rows[i].shape for i in range(depth)}
+        odd = [f"{name.replace('*', str(i))}: {shapes[i]}" for i in range(depth) if shapes[i] != shapes[0]]
+        if odd:
+            raise ConversionError(f"{path}: blocks disagree on the shape of {name} "
+                                  f"(block 0: {shapes[0]}; mis-shaped: {odd})")
+        set_path(params, flax_path, np.stack([fn(rows[i]) for i in range(depth)]))
     return params
 
 
@@ -210,24 +216,31 @@ def convert_vae_state_dict(sd: dict, path: str) -> dict:
 
 
 def _expected_shapes(config):
-    from bigvar.sampling.job import init_params
-    var, vae = configs.build_var(config), configs.build_vae(config)
-    var_shapes, vae_shapes = jax.eval_shape(lambda: init_params(var, vae, 0))
+    from bigvar.sampling.job import param_shapes
+    var_shapes, vae_shapes = param_shapes(configs.build_var(config), configs.build_vae(config))
     return var_shapes["params"], vae_shapes["params"]
+
+
+def convert_state_dicts(var_sd: dict, vae_sd: dict, var_name: str = "VAR", vae_name: str = "VQ-VAE",
+                        patch_nums=None, expected_config: ml_collections.ConfigDict | None = None):
+    """Official state dicts (NumPy) → (config, {'var': {'params'}, 'vae': {'params'}})."""
+    var_arch = detect_var(var_sd, var_name, patch_nums)
+    config = config_from_detected(var_arch, detect_vae(vae_sd, vae_name))
+    if expected_config is not None:
+        configs.check_architecture(expected_config, config.to_dict(), f"{var_name} + {vae_name}")
+    var_params = convert_var_state_dict(var_sd, var_arch["depth"], var_name)
+    vae_params = convert_vae_state_dict(vae_sd, vae_name)
+    want_var, want_vae = _expected_shapes(config)
+    check_against(want_var, var_params, f"{var_name}: the VAR weights", torch_name)
+    check_against(want_vae, vae_params, f"{vae_name}: the VQ-VAE weights", torch_name)
+    return config, {"var": {"params": var_params}, "vae": {"params": vae_params}}
 
 
 def convert(vae_path: str, var_path: str, patch_nums=None,
             expected_config: ml_collections.ConfigDict | None = None):
-    """Reads both files (no torch) → (config, {'var': params, 'vae': params})."""
-    var_sd = find_state_dict(torch_pickle.load(var_path), [("trainer", "var_wo_ddp"), ("model",), ("state_dict",)], var_path)
-    vae_sd = find_state_dict(torch_pickle.load(vae_path), [("trainer", "vae_local"), ("model",), ("state_dict",)], vae_path)
-    var_arch = detect_var(var_sd, var_path, patch_nums)
-    config = config_from_detected(var_arch, detect_vae(vae_sd, vae_path))
-    if expected_config is not None:
-        configs.check_architecture(expected_config, config.to_dict(), f"{var_path} + {vae_path}")
-    var_params = convert_var_state_dict(var_sd, var_arch["depth"], var_path)
-    vae_params = convert_vae_state_dict(vae_sd, vae_path)
-    want_var, want_vae = _expected_shapes(config)
-    check_against(want_var, var_params, f"{var_path}: the VAR weights", torch_name)
-    check_against(want_vae, vae_params, f"{vae_path}: the VQ-VAE weights", torch_name)
-    return config, {"var": {"params": var_params}, "vae": {"params": vae_params}}
+    """Reads both official files (no torch) and converts them; see `convert_state_dicts`."""
+    var_sd = find_state_dict(torch_pickle.load(var_path),
+                             [("trainer", "var_wo_ddp"), ("model",), ("state_dict",)], var_path)
+    vae_sd = find_state_dict(torch_pickle.load(vae_path),
+                             [("trainer", "vae_local"), ("model",), ("state_dict",)], vae_path)
+    return convert_state_dicts(var_sd, vae_sd, var_path, vae_path, patch_nums, expected_config)

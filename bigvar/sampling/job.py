@@ -26,6 +26,7 @@ from bigvar.images import make_grid, save_png
 from bigvar.models.var import VAR
 from bigvar.sampling.var import SamplingSettings, VARSampler
 from bigvar.tokenizers.msvq import MultiScaleVQVAE
+from bigvar.utils import run_init, unbox
 
 def class_labels(config: ml_collections.ConfigDict) -> np.ndarray:
     """Class-major labels: every class in `sample.classes` (() = all), `images_per_class` each."""
@@ -33,16 +34,28 @@ def class_labels(config: ml_collections.ConfigDict) -> np.ndarray:
     return np.repeat(np.asarray(classes, np.int32), config.sample.images_per_class)
 
 
-def init_params(var: VAR, vae: MultiScaleVQVAE, seed: int):
-    size = vae.spec.latent_size * vae.downsample
-    vae_params = jax.jit(vae.init)(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)))
+def _init_inputs(var: VAR, vae: MultiScaleVQVAE):
+    tiny_image = jnp.zeros((1, vae.downsample, vae.downsample, 3))  # params don't depend on size
     labels = jnp.zeros((1,), jnp.int32)
     x_in = jnp.zeros((1, var.seq_len - var.first_l, vae.z_channels))
-    var_params = jax.jit(functools.partial(var.init, train=False))(
-        jax.random.PRNGKey(seed + 1), labels, x_in)
-    unbox = lambda t: jax.tree_util.tree_map(  # noqa: E731
-        lambda x: getattr(x, "value", x), t, is_leaf=lambda x: hasattr(x, "value"))
+    return tiny_image, (labels, x_in)
+
+
+def init_params(var: VAR, vae: MultiScaleVQVAE, seed: int):
+    """Random (var_params, vae_params), unboxed."""
+    image, var_inputs = _init_inputs(var, vae)
+    vae_params = run_init(vae.init, jax.random.PRNGKey(seed), image)
+    var_params = run_init(functools.partial(var.init, train=False), jax.random.PRNGKey(seed + 1),
+                          *var_inputs)
     return unbox(var_params), unbox(vae_params)
+
+
+def param_shapes(var: VAR, vae: MultiScaleVQVAE):
+    """(var, vae) params as ShapeDtypeStructs, without computing anything."""
+    image, var_inputs = _init_inputs(var, vae)
+    key = jax.random.PRNGKey(0)
+    return (unbox(jax.eval_shape(functools.partial(var.init, train=False), key, *var_inputs)),
+            unbox(jax.eval_shape(vae.init, key, image)))
 
 
 def load_params(config: ml_collections.ConfigDict, var: VAR, vae: MultiScaleVQVAE, mesh):
@@ -50,7 +63,7 @@ def load_params(config: ml_collections.ConfigDict, var: VAR, vae: MultiScaleVQVA
     if config.init_from:
         configs.check_architecture(config, checkpoint.load_config(config.init_from),
                                    f"--config.init_from={config.init_from}")
-        shapes = jax.eval_shape(lambda: init_params(var, vae, 0))
+        shapes = param_shapes(var, vae)
         target = {"var": shapes[0], "vae": shapes[1]}
         target = jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), target)

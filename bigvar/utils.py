@@ -1,0 +1,26 @@
+"""Small helpers with no better home."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+
+def unbox(tree: Any) -> Any:
+    """Strips flax partitioning metadata (LogicallyPartitioned boxes) from a variables tree."""
+    return jax.tree_util.tree_map(lambda x: getattr(x, "value", x), tree,
+                                  is_leaf=lambda x: hasattr(x, "value"))
+
+
+def run_init(init_fn: Callable, *args) -> Any:
+    """Runs a flax `init` compiled without backend optimisation.
+
+    An init is run once and is cheap to execute, but XLA's optimising CPU backend spends ~30 s on
+    the hundreds of small RNG kernels of a VQ-VAE init; level 0 compiles them ~5× faster.
+    """
+    lowered = jax.jit(init_fn).lower(*args)
+    try:
+        compiled = lowered.compile({"xla_backend_optimization_level": 0})
+    except Exception:  # an XLA build without the option: the default compile is still correct
+        compiled = lowered.compile()
+    return compiled(*args)

@@ -1,0 +1,101 @@
+"""`python -m bigvar.main` in sample mode: the files a user gets, resume, and config errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bigvar import configs, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("var_tiny", os.path.join(ROOT, "configs", "var_tiny.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_cli_sample_writes_grid_pngs_and_npz(tmp_path):
+    cmd = [sys.executable, "-m", "bigvar.main", "--config=configs/var_tiny.py", f"--workdir={tmp_path}",
+           "--config.sample.classes=(2,5,7)", "--config.sample.images_per_class=1",
+           "--config.sample.batch_size=2", "--config.sample.grid_cols=3"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sampling" in result.stderr  # the progress bar
+    out = tmp_path / "samples"
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].shape == (3, 256, 256, 3) and npz["arr_0"].dtype == np.uint8
+        np.testing.assert_array_equal(npz["labels"], [2, 5, 7])
+        assert npz["tokens"].shape == (3, 680)
+        images = npz["arr_0"]
+    assert sorted(os.listdir(out / "images")) == ["000000_c2.png", "000001_c5.png", "000002_c7.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / "000001_c5.png")), images[1])
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.shape == (2 + 258, 2 + 3 * 258, 3)
+    assert f"grid: {out / 'grid.png'}" in result.stdout
+
+
+def test_rerun_reuses_finished_batches(tmp_path):
+    config = tiny_config()
+    config.sample.update(classes=(1, 2, 3), images_per_class=1, batch_size=2)
+    first = main.run(config, str(tmp_path))
+    parts = tmp_path / "samples" / "parts"
+    assert sorted(os.listdir(parts)) == ["batch_00000.npz", "batch_00001.npz"]
+    # Mark the finished part: a rerun must read it back rather than sample again.
+    with np.load(parts / "batch_00001.npz") as part:
+        saved = dict(part)
+    saved["images"] = np.zeros_like(saved["images"])
+    np.savez(parts / "batch_00001.npz", **saved)
+    main.run(config, str(tmp_path))
+    with np.load(first["npz"]) as npz:
+        assert not npz["arr_0"][2].any() and npz["arr_0"][:2].any()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sample.classes", (3, 10), r"class ids in \[0, 10\) \(got \[10\]\)"),
+    ("sample.top_p", 1.5, r"sample.top_p = 1.5 is invalid: expected a value in \(0, 1\]"),
+    ("sample.cfg", -1.0, r"sample.cfg = -1.0 is invalid"),
+    ("var.num_heads", 3, r"a divisor of var.embed_dim=128"),
+    ("mode", "serve", r"config.mode = 'serve' is invalid"),
+])
+def test_bad_config_values_are_clear_errors(field, value, message, tmp_path):
+    config = tiny_config()
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(ValueError, match=message):
+        main.run(config, str(tmp_path))
+
+
+def test_released_configs_are_valid_and_match_the_spec():
+    import importlib.util
+    sizes = {}
+    for depth in (16, 20, 24, 30, 36):
+        spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", f"var_d{depth}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = configs.validate(module.get_config())
+        v = config.var
+        assert (v.embed_dim, v.num_heads) == (64 * depth, depth)
+        assert v.shared_aln == (depth == 36)
+        assert configs.image_size(config) == (512 if depth == 36 else 256)
+        assert (config.sample.cfg, config.sample.top_k, config.sample.top_p) == (1.5, 900, 0.96)
+        fid = configs.validate(module.get_config("fid"))
+        assert fid.sample.images_per_class == 50 and tuple(fid.sample.classes) == ()
+        sizes[depth] = v
+    # Parameter counts of the official models (VAR_SPEC §2.1), from the model's own shapes.
+    import jax
+    from bigvar.sampling.job import param_shapes
+    for depth, want in ((16, 310_283_520), (36, 2_353_893_904)):
+        spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", f"var_d{depth}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config()
+        shapes = param_shapes(configs.build_var(config), configs.build_vae(config))
+        assert sum(x.size for x in jax.tree_util.tree_leaves(shapes[0])) == want
+        if depth == 16:
+            assert sum(x.size for x in jax.tree_util.tree_leaves(shapes[1])) == 108_948_355
