@@ -60,21 +60,32 @@ class SampleOutput(NamedTuple):
 def filter_top_k_top_p(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     """The official `sample_with_top_k_top_p_` masking (−inf outside the kept set), last axis.
 
-    top-k keeps ties at the threshold; top-p then removes, in ascending order, the entries whose
-    cumulative probability is ≤ 1 − p, never the largest one.
+    top-k keeps every logit ≥ the k-th largest (ties kept). top-p then walks the kept logits in
+    ascending order and removes those whose cumulative probability is ≤ 1 − p, never the largest.
+    The removed set is a prefix of the ascending order, so it is a value cutoff: we compute it
+    from the k sorted top values instead of sorting the whole vocabulary (and a tie group at the
+    cutoff is kept whole, where torch's unstable sort would split it arbitrarily).
     """
     vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        threshold = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    if 0 < top_p < 1:
-        order = jnp.argsort(logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-        remove_sorted = (cum <= 1 - top_p).at[..., -1].set(False)
-        remove = jnp.take_along_axis(remove_sorted, jnp.argsort(order, axis=-1), axis=-1)
-        logits = jnp.where(remove, -jnp.inf, logits)
-    return logits
+    use_k, use_p = 0 < top_k < vocab, 0 < top_p < 1
+    if not (use_k or use_p):
+        return logits
+    if use_k:
+        desc = jax.lax.top_k(logits, top_k)[0]  # (..., k), descending
+    else:
+        desc = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)
+    cutoff = desc[..., -1:]
+    if use_p:
+        weights = jnp.exp(desc - desc[..., :1])
+        # Logits tied with the k-th value beyond the k returned by top_k are kept too.
+        tied_extra = jnp.sum(logits >= cutoff, axis=-1, keepdims=True) - desc.shape[-1]
+        tied_mass = tied_extra * weights[..., -1:]
+        total = jnp.sum(weights, axis=-1, keepdims=True) + tied_mass
+        cum_ascending = (tied_mass + jnp.cumsum(jnp.flip(weights, axis=-1), axis=-1)) / total
+        removed = jnp.sum(cum_ascending <= 1 - top_p, axis=-1, keepdims=True)
+        removed = jnp.minimum(removed, desc.shape[-1] - 1)  # the largest always stays
+        cutoff = jnp.take_along_axis(jnp.flip(desc, axis=-1), removed, axis=-1)
+    return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
 def per_sample_keys(seed: jax.Array, sample_index: jax.Array) -> jax.Array:

@@ -1,0 +1,60 @@
+"""The official PyTorch VAR sampler's throughput on this machine, for comparison with
+benchmarks/var_sample.py. Runs in a separate torch environment against a checkout of
+FoundationVision/VAR (not part of bigvar; nothing of it is copied here):
+
+  python benchmarks/var_sample_official.py --ref /path/to/VAR --depth=16 --batch=8
+
+Random weights (build_vae_var's init), fp32, cfg 1.5, top-k 900, top-p 0.96, like the FID protocol.
+Prints one line: depth, batch, seconds per batch, images/s.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import types
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--ref", required=True, help="checkout of FoundationVision/VAR")
+    p.add_argument("--depth", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    args = p.parse_args()
+
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "huggingface_hub" not in sys.modules:
+        try:
+            import huggingface_hub  # noqa: F401
+        except ImportError:  # only used for a hub mixin class
+            hub = types.ModuleType("huggingface_hub")
+            hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
+            sys.modules["huggingface_hub"] = hub
+    sys.path.insert(0, args.ref)
+    from models import build_vae_var
+
+    shared = args.depth == 36
+    pn = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32) if shared else (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    vae, var = build_vae_var(V=4096, Cvae=32, ch=160, share_quant_resi=4, device="cpu", patch_nums=pn,
+                             num_classes=1000, depth=args.depth, shared_aln=shared, attn_l2_norm=True,
+                             flash_if_available=False, fused_if_available=False)
+    var.eval()
+    labels = torch.arange(args.batch) % 1000
+    times = []
+    with torch.inference_mode():
+        var.autoregressive_infer_cfg(B=args.batch, label_B=labels, g_seed=0, cfg=1.5, top_k=900, top_p=0.96)
+        for i in range(args.iters):
+            start = time.perf_counter()
+            var.autoregressive_infer_cfg(B=args.batch, label_B=labels, g_seed=i + 1, cfg=1.5, top_k=900, top_p=0.96)
+            times.append(time.perf_counter() - start)
+    best = min(times)
+    print(f"official torch={torch.__version__} threads={torch.get_num_threads()} depth={args.depth} "
+          f"batch={args.batch} batch_s={best:.2f} images_per_s={args.batch / best:.2f}")
+
+
+if __name__ == "__main__":
+    main()
