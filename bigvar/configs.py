@@ -95,6 +95,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("var.attn_impl", v.attn_impl, "'xla' or 'cudnn' (GPU only)")
     if v.dtype not in ("float32", "bfloat16"):
         _fail("var.dtype", v.dtype, "'float32' or 'bfloat16'")
+    if v.attn_impl == "cudnn" and v.dtype != "bfloat16":
+        _fail("var.attn_impl", v.attn_impl, "'xla' with float32: cuDNN attention needs "
+              "--config.var.dtype=bfloat16")
     if q.ch % 32:
         _fail("vae.ch", q.ch, "a multiple of 32 (GroupNorm uses 32 groups)")
     s = config.sample

@@ -62,6 +62,7 @@ def test_rerun_reuses_finished_batches(tmp_path):
     ("sample.cfg", -1.0, r"sample.cfg = -1.0 is invalid"),
     ("var.num_heads", 3, r"a divisor of var.embed_dim=128"),
     ("mode", "serve", r"config.mode = 'serve' is invalid"),
+    ("var.attn_impl", "cudnn", r"cuDNN attention needs --config.var.dtype=bfloat16"),
 ])
 def test_bad_config_values_are_clear_errors(field, value, message, tmp_path):
     config = tiny_config()
