@@ -38,7 +38,8 @@ def var_model_config(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_N
         depth=depth, embed_dim=embed_dim or 64 * depth, num_heads=num_heads or depth,
         mlp_ratio=4.0, num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=True,
         patch_nums=tuple(patch_nums), norm_eps=1e-6, cond_drop_rate=0.1,
-        drop_path_rate=0.1 * depth / 24, attn_impl="xla", remat=False, dtype="float32",
+        drop_path_rate=0.1 * depth / 24,  # training only (stochastic depth)
+        attn_impl="xla", remat=False, dtype="float32",
     ))
 
 
@@ -162,5 +163,4 @@ def build_var(config: ml_collections.ConfigDict):
         vocab_size=config.vae.vocab_size, cvae=config.vae.z_channels, num_classes=v.num_classes,
         depth=v.depth, embed_dim=v.embed_dim, num_heads=v.num_heads, mlp_ratio=v.mlp_ratio,
         patch_nums=tuple(v.patch_nums), shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
-        norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, drop_path_rate=v.drop_path_rate,
-        attn_impl=v.attn_impl, remat=v.remat, dtype=jnp.dtype(v.dtype))
+        norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, attn_impl=v.attn_impl, remat=v.remat, dtype=jnp.dtype(v.dtype))

@@ -146,7 +146,6 @@ class VAR(nn.Module):
     attn_l2_norm: bool = True
     norm_eps: float = 1e-6
     cond_drop_rate: float = 0.1
-    drop_path_rate: float = 0.0
     attn_impl: str = "xla"
     remat: bool = False
     dtype: Dtype = jnp.float32

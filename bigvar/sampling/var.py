@@ -88,6 +88,18 @@ def filter_top_k_top_p(logits: jax.Array, top_k: int, top_p: float) -> jax.Array
     return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
+def sample_from_logits(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One categorical draw per row of (..., V) logits (−inf = excluded), by inverting the CDF
+    with a single uniform per row: the same distribution as Gumbel-max, without V Gumbels."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(key, logits.shape[:-1] + (1,), dtype=cdf.dtype) * cdf[..., -1:]
+    idx = jnp.sum(cdf <= u, axis=-1)
+    # Guard the rounding edge u == cdf[-1]: never return an excluded (zero-probability) entry.
+    last_valid = logits.shape[-1] - 1 - jnp.argmax(jnp.flip(probs > 0, axis=-1), axis=-1)
+    return jnp.minimum(idx, last_valid).astype(jnp.int32)
+
+
 def per_sample_keys(seed: jax.Array, sample_index: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(sample_index)
 
@@ -142,8 +154,7 @@ def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_param
         logits = filter_top_k_top_p(logits, settings.top_k, settings.top_p)
 
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, si)
-        idx = jax.vmap(lambda k, l: jax.random.categorical(k, l, axis=-1))(step_keys, logits)
-        idx = idx.astype(jnp.int32)
+        idx = jax.vmap(sample_from_logits)(step_keys, logits)
         if settings.more_smooth:
             tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
             gumbel = jax.vmap(lambda k: jax.random.gumbel(jax.random.fold_in(k, 1), logits.shape[1:]))(step_keys)

@@ -14,22 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar.nn.resize import resize_nhwc, upsample_nearest_2x
-
-_HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def group_norm(name: str | None = None) -> nn.GroupNorm:
-    # Two-pass variance like torch (the fast E[x²]−E[x]² variant loses digits).
-    return nn.GroupNorm(num_groups=32, epsilon=1e-6, use_fast_variance=False, name=name)
-
-
-def conv(features: int, kernel: int, name: str | None = None, stride: int = 1, padding=None) -> nn.Conv:
-    if padding is None:
-        padding = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                   precision=_HIGHEST, name=name)
-
+from bigvar.nn.convnet import HIGHEST, Downsample, Upsample, conv, group_norm, spatial_attention
+from bigvar.nn.resize import resize_nhwc
 
 class ResnetBlock(nn.Module):
     out_channels: int
@@ -50,23 +36,8 @@ class AttnBlock(nn.Module):
     def __call__(self, x):
         b, hh, ww, c = x.shape
         qkv = conv(3 * c, 1, "qkv")(group_norm("norm")(x)).reshape(b, hh * ww, 3, c)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        w = jnp.einsum("bic,bjc->bij", q, k, precision=_HIGHEST) * (c ** -0.5)
-        h = jnp.einsum("bij,bjc->bic", jax.nn.softmax(w, axis=-1), v, precision=_HIGHEST)
+        h = spatial_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
         return x + conv(c, 1, "proj_out")(h.reshape(b, hh, ww, c))
-
-
-class Downsample(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        # Zero-pad right/bottom by one, then a stride-2 valid conv (the official F.pad + conv).
-        return conv(x.shape[-1], 3, "conv", stride=2, padding=((0, 1), (0, 1)))(x)
-
-
-class Upsample(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        return conv(x.shape[-1], 3, "conv")(upsample_nearest_2x(x))
 
 
 class Level(nn.Module):
@@ -160,7 +131,7 @@ class PhiBank(nn.Module):
 
     def setup(self):
         if abs(self.ratio) > 1e-6:
-            self.qresi_ls = [Phi(self.features, (3, 3), padding=1, precision=_HIGHEST,
+            self.qresi_ls = [Phi(self.features, (3, 3), padding=1, precision=HIGHEST,
                                  ratio=abs(self.ratio)) for _ in range(self.num_phi)]
 
     def __call__(self, h, index: int):
@@ -303,7 +274,7 @@ class Quantizer(nn.Module):
         """Index of the nearest codebook row (Euclidean), computed like the official addmm."""
         zz = jnp.sum(z * z, axis=-1, keepdims=True)
         ee = jnp.sum(self.embedding * self.embedding, axis=-1)
-        d = (zz + ee) - 2.0 * jnp.einsum("nc,vc->nv", z, self.embedding, precision=_HIGHEST)
+        d = (zz + ee) - 2.0 * jnp.einsum("nc,vc->nv", z, self.embedding, precision=HIGHEST)
         return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
     def _upsample_h(self, h, si: int, spec: QuantizerSpec):
