@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigvar import configs
-from bigvar.sampling.job import init_params, param_shapes
+from bigvar.params import init_params, param_shapes
 from bigvar.sampling.var import SamplingSettings, sample
 
 

@@ -42,6 +42,12 @@ def main():
     vae, var = build_vae_var(V=4096, Cvae=32, ch=160, share_quant_resi=4, device="cpu", patch_nums=pn,
                              num_classes=1000, depth=args.depth, shared_aln=shared, attn_l2_norm=True,
                              flash_if_available=False, fused_if_available=False)
+    # build_vae_var disables torch's default init for speed and only initialises VAR: give the
+    # VQ-VAE finite random weights (uninitialised memory can hold NaNs).
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in vae.parameters():
+            param.copy_(torch.randn(param.shape, generator=g) * 0.02)
     var.eval()
     labels = torch.arange(args.batch) % 1000
     times = []

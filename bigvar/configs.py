@@ -82,8 +82,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks the values a user can get wrong; raises ValueError naming the field and the fix."""
     if config.mode not in MODES:
         _fail("mode", config.mode, f"one of {MODES}")
+    if config.model == "bigr":
+        return validate_bigr(config)
     if config.model != "var":
-        _fail("model", config.model, "'var'")
+        _fail("model", config.model, "'var' or 'bigr'")
     v, q = config.var, config.vae
     pns = tuple(v.patch_nums)
     if not pns or any(p <= 0 for p in pns) or list(pns) != sorted(set(pns)):
@@ -108,27 +110,127 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("sample.top_k", s.top_k, "≥ 0 (0 disables top-k)")
     if not (s.top_p == 0 or 0 < s.top_p <= 1):
         _fail("sample.top_p", s.top_p, "a value in (0, 1], or 0 to disable top-p")
-    bad = [c for c in s.classes if not 0 <= c < v.num_classes]
-    if bad:
-        _fail("sample.classes", tuple(s.classes),
-              f"class ids in [0, {v.num_classes}) (got {bad}); use () for every class")
-    if s.images_per_class < 1 or s.batch_size < 1:
-        _fail("sample.images_per_class/batch_size", (s.images_per_class, s.batch_size), "≥ 1")
+    _validate_classes(s, v.num_classes)
     return config
 
 
-ARCH_FIELDS = {
-    "var": ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "shared_aln",
-            "attn_l2_norm", "patch_nums", "norm_eps"),
-    "vae": ("vocab_size", "z_channels", "ch", "ch_mult", "num_res_blocks", "quant_resi",
-            "share_quant_resi"),
+def _validate_classes(s: ml_collections.ConfigDict, num_classes: int) -> None:
+    bad = [c for c in s.classes if not 0 <= c < num_classes]
+    if bad:
+        _fail("sample.classes", tuple(s.classes),
+              f"class ids in [0, {num_classes}) (got {bad}); use () for every class")
+    if s.images_per_class < 1 or s.batch_size < 1:
+        _fail("sample.images_per_class/batch_size", (s.images_per_class, s.batch_size), "≥ 1")
+
+
+# ---- BiGR -------------------------------------------------------------------------------------
+# (dim, layers, heads, transcoder blocks, transcoder width) of the released models (BIGR_SPEC §2.1)
+BIGR_SIZES = {
+    "L": (1024, 24, 16, 3, 1024),
+    "XL": (1280, 36, 20, 6, 1280),
+    "XXL": (1536, 48, 24, 8, 1536),
+    "L-512": (1024, 24, 16, 6, 1280),
+}
+
+
+def bigr_config(size: str, *, binary_size: int, arg: str | None = None) -> ml_collections.ConfigDict:
+    """Job config for a released BiGR model; sampling defaults are the official scripts'."""
+    if size not in BIGR_SIZES:
+        raise ValueError(f"unknown BiGR size {size!r}; expected one of {sorted(BIGR_SIZES)}")
+    dim, layers, heads, blocks, hidden = BIGR_SIZES[size]
+    img = 512 if size == "L-512" else 256
+    config = ml_collections.ConfigDict()
+    config.model = "bigr"
+    config.mode = "sample"
+    config.seed = 0
+    config.init_from = ""  # directory written by `python -m bigvar.convert bigr ...`
+    config.allow_random_init = False
+    config.bigr = ml_collections.ConfigDict(dict(
+        binary_size=binary_size, num_classes=1000, dim=dim, n_layer=layers, n_head=heads,
+        seq_len=(img // 16) ** 2, denoise_hidden=hidden, num_block_mlp=blocks, norm_eps=1e-5,
+        class_dropout=0.1, dropout=0.1, attn_impl="xla", remat=False, dtype="float32"))
+    config.bae = ml_collections.ConfigDict(dict(
+        codebook_size=binary_size, nf=128, emb_dim=256, ch_mult=(1, 1, 2, 2, 4), res_blocks=2,
+        attn_resolutions=(16,), img_size=img, norm_first=True))
+    config.sample = ml_collections.ConfigDict(dict(
+        classes=(980, 437, 22, 562, 207, 88, 279, 388), images_per_class=2, batch_size=16, seed=0,
+        num_iter=20, cfg=3.0, cfg_schedule="constant", gumbel=0.01, gumbel_schedule="constant",
+        temperature=1.0, diffusion_steps=256, transcoder_steps=100, grid_cols=8, save_pngs=True))
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    if arg == "paper":  # Table 7 of the paper (FID runs): cfg 2.5, I and Gumbel per size
+        iters, gumbel = {"L": (20, 0.17), "XL": (25, 0.25), "XXL": (25, 0.30)}.get(size, (20, 0.17))
+        config.sample.update(cfg=2.5, num_iter=iters, gumbel=gumbel)
+    elif arg == "fid":
+        config.sample.update(classes=(), images_per_class=50, batch_size=64)
+    elif arg:
+        raise ValueError(f"unknown config argument {arg!r}; expected 'paper' or 'fid'")
+    return config
+
+
+def validate_bigr(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    g, b, s = config.bigr, config.bae, config.sample
+    if g.dim % g.n_head:
+        _fail("bigr.n_head", g.n_head, f"a divisor of bigr.dim={g.dim}")
+    if g.binary_size != b.codebook_size:
+        _fail("bigr.binary_size", g.binary_size,
+              f"the B-AE's bits per token, bae.codebook_size={b.codebook_size}")
+    grid = b.img_size // 2 ** (len(b.ch_mult) - 1)
+    if grid * grid != g.seq_len:
+        _fail("bigr.seq_len", g.seq_len, f"the B-AE's token count {grid}×{grid} = {grid * grid}")
+    if g.attn_impl not in ("xla", "cudnn"):
+        _fail("bigr.attn_impl", g.attn_impl, "'xla' or 'cudnn' (GPU only)")
+    if b.nf % 32:
+        _fail("bae.nf", b.nf, "a multiple of 32 (GroupNorm uses 32 groups)")
+    if s.num_iter < 1:
+        _fail("sample.num_iter", s.num_iter, "≥ 1")
+    if s.cfg_schedule not in ("constant", "linear"):
+        _fail("sample.cfg_schedule", s.cfg_schedule, "'constant' or 'linear'")
+    if s.gumbel_schedule not in ("constant", "down", "up"):
+        _fail("sample.gumbel_schedule", s.gumbel_schedule, "'constant', 'down' or 'up'")
+    if not 1 <= s.transcoder_steps <= s.diffusion_steps:
+        _fail("sample.transcoder_steps", s.transcoder_steps, f"in [1, {s.diffusion_steps}]")
+    _validate_classes(s, g.num_classes)
+    return config
+
+
+def build_bigr(config: ml_collections.ConfigDict):
+    from bigvar.models.bigr import BiGR
+    g = config.bigr
+    return BiGR(binary_size=g.binary_size, num_classes=g.num_classes, dim=g.dim, n_layer=g.n_layer,
+                n_head=g.n_head, seq_len=g.seq_len, denoise_hidden=g.denoise_hidden,
+                num_block_mlp=g.num_block_mlp, norm_eps=g.norm_eps, class_dropout=g.class_dropout,
+                dropout=g.dropout, attn_impl=g.attn_impl, remat=g.remat, dtype=jnp.dtype(g.dtype))
+
+
+def build_bae(config: ml_collections.ConfigDict):
+    from bigvar.tokenizers.bae import BinaryAutoEncoder
+    b = config.bae
+    return BinaryAutoEncoder(codebook_size=b.codebook_size, nf=b.nf, emb_dim=b.emb_dim,
+                             ch_mult=tuple(b.ch_mult), res_blocks=b.res_blocks,
+                             attn_resolutions=tuple(b.attn_resolutions), img_size=b.img_size,
+                             norm_first=b.norm_first)
+
+
+ARCH_FIELDS = {  # per model: the config fields that must match a checkpoint
+    "var": {
+        "var": ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "shared_aln",
+                "attn_l2_norm", "patch_nums", "norm_eps"),
+        "vae": ("vocab_size", "z_channels", "ch", "ch_mult", "num_res_blocks", "quant_resi",
+                "share_quant_resi"),
+    },
+    "bigr": {
+        "bigr": ("binary_size", "num_classes", "dim", "n_layer", "n_head", "seq_len",
+                 "denoise_hidden", "num_block_mlp"),
+        "bae": ("codebook_size", "nf", "emb_dim", "ch_mult", "res_blocks", "attn_resolutions",
+                "img_size", "norm_first"),
+    },
 }
 
 
 def check_architecture(config: ml_collections.ConfigDict, stored: dict, source: str) -> None:
     """The config's model sections must describe the stored model (`source` names it)."""
     diffs = []
-    for section, fields in ARCH_FIELDS.items():
+    for section, fields in ARCH_FIELDS[config.model].items():
         for field in fields:
             want, have = config[section][field], stored.get(section, {}).get(field)
             if isinstance(want, (list, tuple)):
@@ -140,7 +242,8 @@ def check_architecture(config: ml_collections.ConfigDict, stored: dict, source: 
             f"{source} holds a different model than the config:\n  "
             + "\n  ".join(diffs)
             + "\nUse the config file that matches the checkpoint (e.g. configs/var_d30.py for "
-              "var_d30.pth), or override the fields with --config.var.<field>=...")
+              "var_d30.pth, configs/bigr_xl_d24.py for bigr_XL_d24.pt), or override the fields "
+              "with --config.<section>.<field>=...")
 
 
 def image_size(config: ml_collections.ConfigDict) -> int:

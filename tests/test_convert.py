@@ -38,7 +38,7 @@ def test_cli_converts_and_main_samples_from_it(tmp_path):
     from bigvar import main
     config = configs.var_config(16)
     for section in ("var", "vae"):
-        config[section].update({k: stored[section][k] for k in configs.ARCH_FIELDS[section]})
+        config[section].update({k: stored[section][k] for k in configs.ARCH_FIELDS["var"][section]})
     config.var.patch_nums = tuple(config.var.patch_nums)
     config.vae.ch_mult = tuple(config.vae.ch_mult)
     config.init_from = str(out)

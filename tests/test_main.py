@@ -90,7 +90,7 @@ def test_released_configs_are_valid_and_match_the_spec():
         sizes[depth] = v
     # Parameter counts of the official models (VAR_SPEC §2.1), from the model's own shapes.
     import jax
-    from bigvar.sampling.job import param_shapes
+    from bigvar.params import param_shapes
     for depth, want in ((16, 310_283_520), (36, 2_353_893_904)):
         spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", f"var_d{depth}.py"))
         module = importlib.util.module_from_spec(spec)

@@ -74,7 +74,7 @@ def tiny():
                                           patch_nums=(1, 2, 3, 4))
     config.vae = configs.vae_config(ch=32, vocab_size=64)
     config.vae.ch_mult = (1, 2)  # 2× downsampling: 8-px images, fast
-    from bigvar.sampling.job import init_params
+    from bigvar.params import init_params
     var, vae = configs.build_var(config), configs.build_vae(config)
     var_params, vae_params = init_params(var, vae, 0)
     # Non-trivial weights: the random init makes every block almost the identity.

@@ -1,6 +1,7 @@
 """Convert official PyTorch checkpoints to bigvar weight directories, without torch.
 
   python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=ckpt/var_d16
+  python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_L_d24.pt --out=ckpt/bigr_l_d24
 
 The output directory holds `params/` (orbax) and `config.json`; sample from it with
 `python -m bigvar.main --config=configs/var_d16.py --config.init_from=ckpt/var_d16 --workdir=...`.
@@ -28,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     var.add_argument("--config", default=None,
                      help="a config file (e.g. configs/var_d16.py) the checkpoint must match")
     var.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    bigr = sub.add_parser("bigr", help="BiGR: binary autoencoder + generator")
+    bigr.add_argument("--bae", required=True, help="binaryae_ema_*.th (EMA BinaryGAN state dict)")
+    bigr.add_argument("--gpt", required=True, help="bigr_L_d24.pt … (weights under ['ema'])")
+    bigr.add_argument("--out", required=True, help="output directory")
+    bigr.add_argument("--config", default=None,
+                      help="a config file (e.g. configs/bigr_l_d24.py) the checkpoint must match")
+    bigr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return parser
 
 
@@ -55,6 +63,17 @@ def main(argv=None) -> int:
             print(f"converted VAR depth={v.depth} width={v.embed_dim} heads={v.num_heads} "
                   f"classes={v.num_classes} shared_aln={v.shared_aln} attn_l2_norm={v.attn_l2_norm} "
                   f"patch_nums={tuple(v.patch_nums)} → {args.out}")
+        else:
+            from bigvar.convert import bigr
+            expected = _load_config_file(args.config) if args.config else None
+            config, params = bigr.convert(args.bae, args.gpt, expected)
+            model_config = {"model": "bigr", "bigr": config.bigr.to_dict(), "bae": config.bae.to_dict(),
+                            "source": {"bae": args.bae, "gpt": args.gpt}}
+            checkpoint.save_weights(args.out, params, model_config, overwrite=args.overwrite)
+            g, b = config.bigr, config.bae
+            print(f"converted BiGR dim={g.dim} layers={g.n_layer} heads={g.n_head} K={g.binary_size} "
+                  f"tokens={g.seq_len} transcoder={g.num_block_mlp}x{g.denoise_hidden} "
+                  f"classes={g.num_classes}; B-AE {b.img_size}px nf={b.nf} → {args.out}")
     except (ValueError, FileExistsError, FileNotFoundError) as e:  # incl. Conversion/CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
+import re
+
 import numpy as np
 
 from bigvar.checkpoint import describe_mismatch
@@ -90,3 +92,99 @@ def check_against(expected: Mapping, converted: Mapping, what: str,
 def report_unknown_keys(what: str, unknown: list[str], hint: str = "") -> None:
     if unknown:
         raise ConversionError(describe_mismatch(what, [], sorted(unknown), []) + (f"\n{hint}" if hint else ""))
+
+
+# ---- name tables ------------------------------------------------------------------------------
+class NameTable:
+    """A converter table: rows (torch key template, flax path template, transform).
+
+    `{i}` in a template is a transformer layer index: those rows are stacked on a leading axis
+    for `nn.scan`. `{j}` is any other index, substituted into the flax path (e.g. `blocks_{j}`).
+    `skip` lists templates of buffers that are recomputed, not loaded.
+    """
+
+    def __init__(self, rows: list[tuple[str, str, Transform]], skip: list[str] = ()):
+        self.rows = rows
+        self._compiled = [(self._regex(t), path, fn) for t, path, fn in rows]
+        self._skip = [self._regex(t) for t in skip]
+
+    @staticmethod
+    def _regex(template: str) -> re.Pattern:
+        pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d+)")
+        return re.compile("^" + pattern + "$")
+
+    def is_skipped(self, key: str) -> bool:
+        return any(p.match(key) for p in self._skip)
+
+    def torch_name(self, flax_path: str) -> str:
+        """Official key for a bigvar path, for error messages (`*` for a stacked layer index)."""
+        for template, path, _ in self.rows:
+            m = self._regex(path).match(flax_path)
+            if m:
+                j = m.groupdict().get("j")
+                return template.replace("{i}", "*").replace("{j}", j if j is not None else "{j}")
+        name = re.sub(r"_(\d+)(?=/|$)", r".\1", flax_path).replace("/", ".")
+        return re.sub(r"\.(kernel|scale|embedding)$", ".weight", name)
+
+    def convert(self, sd: dict, num_layers: int, what: str) -> dict:
+        """State dict → nested params; unknown keys and inconsistent layer stacks are errors."""
+        params, stacked, unknown = {}, {}, []
+        for key, value in sd.items():
+            if self.is_skipped(key):
+                continue
+            for regex, path, fn in self._compiled:
+                m = regex.match(key)
+                if not m:
+                    continue
+                groups = m.groupdict()
+                if "j" in groups:
+                    path = path.replace("{j}", groups["j"])
+                if "i" in groups:
+                    stacked.setdefault(path, (fn, {}))[1][int(groups["i"])] = value
+                else:
+                    set_path(params, path, fn(value))
+                break
+            else:
+                unknown.append(key)
+        report_unknown_keys(what, unknown)
+        for path, (fn, rows) in stacked.items():
+            name = self.torch_name(path)
+            if sorted(rows) != list(range(num_layers)):
+                missing = sorted(set(range(num_layers)) - set(rows))
+                raise ConversionError(f"{what}: {name} is missing for layers {missing}")
+            shapes = {i: rows[i].shape for i in range(num_layers)}
+            odd = [f"{name.replace('*', str(i))}: {shapes[i]}" for i in range(num_layers) if shapes[i] != shapes[0]]
+            if odd:
+                raise ConversionError(f"{what}: layers disagree on the shape of {name} "
+                                      f"(layer 0: {shapes[0]}; mis-shaped: {odd})")
+            set_path(params, path, np.stack([fn(rows[i]) for i in range(num_layers)]))
+        return params
+
+
+def convert_conv_net(sd: dict, rules: list[tuple[str, str]] = ()) -> dict:
+    """Conv-net state dict (tokenizers) → nested params by rename rules: explicit regex rules
+    first, then the generic one: `a.3.b` → `a_3/b`; a 4-D `weight` → conv `kernel`, a 1-D one →
+    GroupNorm `scale`."""
+    params = {}
+    for key, value in sd.items():
+        for pattern, replacement in rules:
+            if re.match(pattern, key):
+                flax_path = re.sub(pattern, replacement, key)
+                set_path(params, flax_path, conv(value) if flax_path.endswith("kernel") else value)
+                break
+        else:
+            *names, leaf = re.sub(r"\.(\d+)(?=\.)", r"_\1", key).split(".")
+            if leaf == "weight":
+                leaf, value = ("kernel", conv(value)) if value.ndim == 4 else ("scale", value)
+            set_path(params, "/".join(names + [leaf]), value)
+    return params
+
+
+def looks_like(sd: dict, required: list[str], kind: str, path: str, hints: dict[str, str]) -> None:
+    """Raises a ConversionError if required keys are missing; `hints` maps a key prefix found in
+    the file to advice (e.g. which converter it belongs to)."""
+    missing = [k for k in required if k not in sd]
+    if missing:
+        hint = next((advice for prefix, advice in hints.items() if any(k.startswith(prefix) for k in sd)), "")
+        raise ConversionError(f"{path} is not a {kind} state dict: missing {missing} "
+                              f"(first keys: {sorted(sd)[:8]}).{(' ' + hint) if hint else ''}")

@@ -15,8 +15,8 @@ import numpy as np
 
 from bigvar import configs
 from bigvar.convert import torch_pickle
-from bigvar.convert.common import (ConversionError, check_against, conv, find_state_dict, linear,
-                                   report_unknown_keys, same, set_path)
+from bigvar.convert.common import (ConversionError, NameTable, check_against, convert_conv_net,
+                                   find_state_dict, linear, looks_like, same)
 
 # (torch key, flax path, transform); `{i}` is the block index.
 VAR_TABLE = [
@@ -57,7 +57,7 @@ KNOWN_PATCH_NUMS = {
               (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64))  # --pn=1024, never released
 }
 
-# VQ-VAE rename rules, applied in order to the dotted torch key.
+# VQ-VAE rename rules (before the generic conv-net rule), applied to the dotted torch key.
 VAE_RULES = [
     (r"^quantize\.embedding\.weight$", "quantize/embedding"),
     (r"^quantize\.quant_resi\.qresi_ls\.(\d+)\.weight$", r"quantize/quant_resi/qresi_ls_\1/kernel"),
@@ -69,43 +69,24 @@ VAE_RULES = [
 ]
 
 
-def _pattern(template: str) -> re.Pattern:
-    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
-
-
-_VAR_ROWS = [(_pattern(t), path, fn) for t, path, fn in VAR_TABLE]
-_VAR_BUFFER_ROWS = [_pattern(t) for t in VAR_BUFFERS]
-
-
-def torch_name(flax_path: str) -> str:
-    """Official key for a bigvar path (for error messages)."""
-    for template, path, _ in VAR_TABLE:
-        if path == flax_path:
-            return template.replace("{i}", "*")
-    name = re.sub(r"_(\d+)(?=/|$)", r".\1", flax_path).replace("/", ".")
-    return re.sub(r"\.(kernel|scale|embedding)$", ".weight", name)
+VAR_NAMES = NameTable(VAR_TABLE, skip=VAR_BUFFERS)
+torch_name = VAR_NAMES.torch_name
 
 
 # ---- detection --------------------------------------------------------------------------------
-def _looks_like(sd: dict, required: list[str], kind: str, path: str) -> None:
-    missing = [k for k in required if k not in sd]
-    if missing:
-        sample = sorted(sd)[:8]
-        hint = ""
-        if any(k.startswith(("layers.", "tok_embeddings", "diffusion_processor")) for k in sd):
-            hint = " It looks like a BiGR checkpoint: use `python -m bigvar.convert bigr`."
-        elif kind == "VAR" and "encoder.conv_in.weight" in sd:
-            hint = " It looks like the VQ-VAE: pass it as --vae, and var_d*.pth as --var."
-        elif kind == "VQ-VAE" and "pos_1LC" in sd:
-            hint = " It looks like a VAR transformer: pass it as --var."
-        raise ConversionError(f"{path} is not a {kind} state dict: missing {missing} "
-                              f"(first keys: {sample}).{hint}")
+_HINTS = {
+    "layers.": "It looks like a BiGR checkpoint: use `python -m bigvar.convert bigr`.",
+    "ae.encoder": "It looks like a BiGR B-AE: use `python -m bigvar.convert bigr`.",
+    "encoder.conv_in": "It looks like the VQ-VAE: pass it as --vae, and var_d*.pth as --var.",
+    "pos_1LC": "It looks like a VAR transformer: pass it as --var.",
+}
 
 
 def detect_var(sd: dict, path: str, patch_nums=None) -> dict:
     """Architecture of a VAR state dict, from its keys and shapes."""
-    _looks_like(sd, ["pos_1LC", "pos_start", "class_emb.weight", "head.weight",
-                     "lvl_embed.weight", "word_embed.weight", "blocks.0.attn.mat_qkv.weight"], "VAR", path)
+    looks_like(sd, ["pos_1LC", "pos_start", "class_emb.weight", "head.weight", "lvl_embed.weight",
+                    "word_embed.weight", "blocks.0.attn.mat_qkv.weight"], "VAR", path,
+               {k: v for k, v in _HINTS.items() if k != "pos_1LC"})
     depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
     c = sd["pos_start"].shape[-1]
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
@@ -130,8 +111,9 @@ def detect_var(sd: dict, path: str, patch_nums=None) -> dict:
 
 
 def detect_vae(sd: dict, path: str) -> dict:
-    _looks_like(sd, ["encoder.conv_in.weight", "encoder.conv_out.weight", "quantize.embedding.weight",
-                     "decoder.conv_out.weight", "quant_conv.weight"], "VQ-VAE", path)
+    looks_like(sd, ["encoder.conv_in.weight", "encoder.conv_out.weight", "quantize.embedding.weight",
+                    "decoder.conv_out.weight", "quant_conv.weight"], "VQ-VAE", path,
+               {k: v for k, v in _HINTS.items() if k != "encoder.conv_in"})
     ch = sd["encoder.conv_in.weight"].shape[0]
     levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight", k))})
     ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
@@ -157,7 +139,7 @@ def config_from_detected(var_arch: dict, vae_arch: dict) -> ml_collections.Confi
             "these files do not belong together")
     config = configs.var_config(var_arch["depth"], shared_aln=var_arch["shared_aln"],
                                 patch_nums=var_arch["patch_nums"])
-    for key in configs.ARCH_FIELDS["var"]:
+    for key in configs.ARCH_FIELDS["var"]["var"]:
         config.var[key] = var_arch[key]
     config.vae.update(vae_arch)
     return config
@@ -165,58 +147,18 @@ def config_from_detected(var_arch: dict, vae_arch: dict) -> ml_collections.Confi
 
 # ---- conversion -------------------------------------------------------------------------------
 def convert_var_state_dict(sd: dict, depth: int, path: str) -> dict:
-    params, per_block = {}, {}
-    unknown = []
-    for key, value in sd.items():
-        if any(p.match(key) for p in _VAR_BUFFER_ROWS):
-            if key.endswith("zero_k_bias") and np.any(value):
-                raise ConversionError(f"{path}: {key} is not zero; this is not an official VAR file")
-            continue
-        for pattern, flax_path, fn in _VAR_ROWS:
-            m = pattern.match(key)
-            if m:
-                if m.groups():
-                    per_block.setdefault(flax_path, (fn, {}))[1][int(m.group(1))] = value
-                else:
-                    set_path(params, flax_path, fn(value))
-                break
-        else:
-            unknown.append(key)
-    report_unknown_keys(f"{path}: the VAR state dict", unknown)
-    for flax_path, (fn, rows) in per_block.items():
-        name = torch_name(flax_path)
-        if sorted(rows) != list(range(depth)):
-            missing = sorted(set(range(depth)) - set(rows))
-            raise ConversionError(f"{path}: {name} is missing for blocks {missing}")
-        shapes = {i: rows[i].shape for i in range(depth)}
-        odd = [f"{name.replace('*', str(i))}: {shapes[i]}" for i in range(depth) if shapes[i] != shapes[0]]
-        if odd:
-            raise ConversionError(f"{path}: blocks disagree on the shape of {name} "
-                                  f"(block 0: {shapes[0]}; mis-shaped: {odd})")
-        set_path(params, flax_path, np.stack([fn(rows[i]) for i in range(depth)]))
-    return params
+    for key in sd:
+        if key.endswith("zero_k_bias") and np.any(sd[key]):
+            raise ConversionError(f"{path}: {key} is not zero; this is not an official VAR file")
+    return VAR_NAMES.convert(sd, depth, f"{path}: the VAR state dict")
 
 
 def convert_vae_state_dict(sd: dict, path: str) -> dict:
-    params = {}
-    for key, value in sd.items():
-        if key in VAE_BUFFERS:
-            continue
-        for pattern, replacement in VAE_RULES:
-            if re.match(pattern, key):
-                flax_path = re.sub(pattern, replacement, key)
-                set_path(params, flax_path, conv(value) if flax_path.endswith("kernel") else value)
-                break
-        else:
-            *names, leaf = re.sub(r"\.(\d+)(?=\.)", r"_\1", key).split(".")
-            if leaf == "weight":
-                leaf, value = ("kernel", conv(value)) if value.ndim == 4 else ("scale", value)
-            set_path(params, "/".join(names + [leaf]), value)
-    return params
+    return convert_conv_net({k: v for k, v in sd.items() if k not in VAE_BUFFERS}, VAE_RULES)
 
 
 def _expected_shapes(config):
-    from bigvar.sampling.job import param_shapes
+    from bigvar.params import param_shapes
     var_shapes, vae_shapes = param_shapes(configs.build_var(config), configs.build_vae(config))
     return var_shapes["params"], vae_shapes["params"]
 

@@ -237,3 +237,187 @@ def bernoulli(step_keys, probs):
 def decode_to_uint8(bae: BinaryAutoEncoder, bae_params, tokens) -> jax.Array:
     img = bae.apply(bae_params, from_tokens(tokens, bae.grid_size), method=BinaryAutoEncoder.decode)
     return jnp.clip(jnp.round(img * 255.0), 0, 255).astype(jnp.uint8)
+
+
+def keep_mask_tokens(keep_mask, grid: int, batch: int, image_size: int) -> np.ndarray:
+    """(batch, grid²) bool from a keep-mask given at the token grid (grid, grid) / (B, grid, grid)
+    or at pixels (S, S) / (B, S, S), nearest-resized like the official apps."""
+    mask = np.asarray(keep_mask)
+    if mask.ndim == 2:
+        mask = np.broadcast_to(mask, (batch,) + mask.shape)
+    if mask.ndim != 3 or mask.shape[0] != batch or mask.shape[1] != mask.shape[2] \
+            or mask.shape[1] not in (grid, image_size):
+        raise ValueError(f"keep_mask must be the token grid ({grid}, {grid}) or ({batch}, {grid}, {grid}), "
+                         f"or a pixel mask ({image_size}, {image_size}); got shape {np.shape(keep_mask)}")
+    if mask.shape[1] != grid:
+        centres = ((np.arange(grid) + 0.5) * mask.shape[1] / grid).astype(int)
+        mask = mask[:, centres][:, :, centres]
+    return (mask > 0).reshape(batch, grid * grid)
+
+
+class BiGRSampler:
+    """Public sampling API for BiGR: generation, zero-shot apps and features, with validated
+    inputs, jitted functions cached per shape and the batch sharded over the mesh's data axes.
+
+        sampler = BiGRSampler(model, bae, params, bae_params, BiGRSamplingSettings(cfg=2.5))
+        out = sampler.generate([207, 360], seed=0)          # out.images (2, 256, 256, 3) uint8
+        out = sampler.inpaint(images, keep_mask)            # keep_mask: 1 = keep the image token
+    """
+
+    def __init__(self, model: BiGR, bae: BinaryAutoEncoder, params, bae_params,
+                 settings: BiGRSamplingSettings = BiGRSamplingSettings(), mesh=None):
+        from bigvar import parallel
+        if model.binary_size != bae.codebook_size:
+            raise ValueError(f"the generator models K={model.binary_size} bits per token but the "
+                             f"B-AE makes K={bae.codebook_size}; use the matching B-AE")
+        if bae.grid_size ** 2 != model.seq_len:
+            raise ValueError(f"the generator has {model.seq_len} tokens but the B-AE a "
+                             f"{bae.grid_size}×{bae.grid_size} grid")
+        self.model, self.bae, self.settings = model, bae, settings
+        self.mesh = mesh if mesh is not None else parallel.make_mesh({"data": -1})
+        self._dp = parallel.data_parallel_size(self.mesh)
+        self._batch_sharding = parallel.batch_sharding(self.mesh)
+        replicated = parallel.replicated(self.mesh)
+        self.params = jax.device_put(params, replicated)
+        self.bae_params = jax.device_put(bae_params, replicated)
+        self._jitted = {}
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def check_labels(self, labels) -> np.ndarray:
+        labels = np.asarray(labels, np.int32).reshape(-1)
+        null = self.model.num_classes
+        bad = labels[(labels < 0) | (labels > null)]
+        if bad.size:
+            raise ValueError(f"class ids must be in [0, {null}) or {null} (the null class, "
+                             f"unconditional); got {sorted(set(bad.tolist()))}")
+        return labels
+
+    def _pad(self, x):
+        from bigvar import parallel
+        return jax.device_put(parallel.pad_to_multiple(np.asarray(x), self._dp), self._batch_sharding)
+
+    def _jit(self, name, fn):
+        if name not in self._jitted:
+            self._jitted[name] = jax.jit(fn)
+        return self._jitted[name]
+
+    def _images(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.dtype == np.uint8:
+            images = images.astype(np.float32) / 255.0
+        self.bae.check_images(images)
+        return images.astype(np.float32)
+
+    def _embed(self, labels):
+        return self.model.apply(self.params, labels, method=BiGR.class_embedding)
+
+    def _run(self, name, cond, seed, first_index, counts, known_tokens=None, known=None,
+             final_fill=False):
+        n = cond.shape[0]
+        index = np.arange(first_index, first_index + n, dtype=np.int32)
+        null = self._embed(jnp.asarray([self.model.num_classes]))[0]
+        model, bae, settings = self.model, self.bae, self.settings
+
+        def fn(params, bae_params, cond, seed, index, counts, known_tokens, known):
+            tokens = sample_tokens(model, settings, params, cond, null, seed, index, counts,
+                                   known_tokens, known, final_fill)
+            return BiGRSampleOutput(decode_to_uint8(bae, bae_params, tokens), tokens)
+
+        out = self._jit((name, final_fill, known is None), fn)(
+            self.params, self.bae_params, self._pad(cond), jnp.uint32(seed), self._pad(index),
+            self._pad(counts), None if known_tokens is None else self._pad(known_tokens),
+            None if known is None else self._pad(known))
+        return BiGRSampleOutput(*(np.asarray(x)[:n] for x in out))
+
+    # ---- public API ----------------------------------------------------------------------------
+    def generate(self, labels, seed: int = 0, first_index: int = 0) -> BiGRSampleOutput:
+        """Class-conditional samples (the null class id gives unconditional ones). Sample j uses
+        global index first_index + j, so every image is reproducible on its own."""
+        labels = self.check_labels(labels)
+        counts = np.tile(reveal_counts(self.model.seq_len, self.settings.num_iter), (len(labels), 1))
+        return self._run("generate", np.asarray(self._embed(jnp.asarray(labels))), seed, first_index, counts)
+
+    def interpolate(self, class_a: int, class_b: int, ratios, seed: int = 0) -> BiGRSampleOutput:
+        """Class interpolation: condition r·E[a] + (1 − r)·E[b] (token and AdaLN) for each r."""
+        a, b = self.check_labels([class_a, class_b])
+        ratios = np.asarray(ratios, np.float32).reshape(-1, 1)
+        emb = np.asarray(self._embed(jnp.asarray([a, b])))
+        cond = ratios * emb[0] + (1 - ratios) * emb[1]
+        counts = np.tile(reveal_counts(self.model.seq_len, self.settings.num_iter), (len(cond), 1))
+        # One seed for every ratio, as the official app: the same noise, a moving condition.
+        out = [self._run("generate", cond[i:i + 1], seed, 0, counts[i:i + 1]) for i in range(len(cond))]
+        return BiGRSampleOutput(*(np.concatenate(x) for x in zip(*out)))
+
+    def encode(self, images, seed: int = 0, first_index: int = 0, deterministic: bool = False):
+        """Images (B, S, S, 3) uint8 or float [0, 1] → tokens (B, N, K): Bernoulli bits (what the
+        official apps use) drawn per sample from (seed, index), or thresholded at ½."""
+        images = self._images(images)
+        bae = self.bae
+
+        def fn(bae_params, images, seed, index):
+            probs = bae.apply(bae_params, images, method=BinaryAutoEncoder.encode_probs)
+            keys = per_sample_keys(seed, index)
+            if deterministic:
+                bits = (probs > 0.5).astype(jnp.float32)
+            else:
+                bits = jax.vmap(lambda key, p: (jax.random.uniform(key, p.shape) < p).astype(jnp.float32))(
+                    jax.vmap(lambda key: jax.random.fold_in(key, 2**20))(keys), probs)
+            return bits.reshape(bits.shape[0], -1, bits.shape[-1])
+
+        n = len(images)
+        index = np.arange(first_index, first_index + n, dtype=np.int32)
+        out = self._jit(("encode", deterministic), fn)(self.bae_params, self._pad(images),
+                                                       jnp.uint32(seed), self._pad(index))
+        return np.asarray(out)[:n]
+
+    def edit(self, images, keep_mask, labels=None, seed: int = 0,
+             official_budget: bool = False) -> BiGRSampleOutput:
+        """In/out-painting and class-conditional editing: tokens where keep_mask is set come from
+        the image (Bernoulli-encoded), the others are generated over `num_iter` steps with the
+        linear schedule, conditioned on `labels` (default: the null class).
+
+        official_budget: the official apps size the per-step budget by the number of KNOWN
+        tokens (BIGR_SPEC §5), which re-samples some known tokens when they outnumber the
+        unknown ones and leaves a final fill pass otherwise; the default budgets the UNKNOWN
+        tokens, so every unknown token is generated once and known ones are kept."""
+        images = self._images(images)
+        b = len(images)
+        labels = self.check_labels(np.full((b,), self.model.num_classes) if labels is None
+                                   else np.broadcast_to(labels, (b,)))
+        known = keep_mask_tokens(keep_mask, self.bae.grid_size, b, self.bae.img_size)
+        tokens = self.encode(images, seed)
+        budget = known.sum(axis=1) if official_budget else (~known).sum(axis=1)
+        counts = np.stack([reveal_counts(int(m), self.settings.num_iter, "linear") for m in budget])
+        final_fill = bool(official_budget and np.any(budget < (~known).sum(axis=1)))
+        return self._run("edit", np.asarray(self._embed(jnp.asarray(labels))), seed, 0, counts,
+                         tokens, known, final_fill)
+
+    def inpaint(self, images, box, labels=None, seed: int = 0, official_budget: bool = False):
+        """Regenerates the box (y0, x0, y1, x1), fractions of the side; keeps the rest."""
+        from bigvar.sampling.edit import box_mask
+        keep = box_mask(self.bae.grid_size, box, inpainting=True)
+        return self.edit(images, keep, labels, seed, official_budget)
+
+    def outpaint(self, images, box, labels=None, seed: int = 0, official_budget: bool = False):
+        """Keeps the box (y0, x0, y1, x1) and regenerates everything around it."""
+        from bigvar.sampling.edit import box_mask
+        keep = box_mask(self.bae.grid_size, box, inpainting=False)
+        return self.edit(images, keep, labels, seed, official_budget)
+
+    def features(self, images, layer_index: int, seed: int = 0, deterministic: bool = True,
+                 pooled: bool = True) -> np.ndarray:
+        """Representation for linear probing (BIGR_SPEC §4): the residual stream after block
+        `layer_index` for the image's tokens under the null class, mean-pooled (B, D)."""
+        from bigvar.models.bigr import features
+        tokens = self.encode(images, seed, deterministic=deterministic)
+        model = self.model
+        labels = np.full((len(tokens),), model.num_classes, np.int32)
+
+        def fn(params, tokens, labels):
+            h = features(model, params, tokens, labels, layer_index)
+            return jnp.mean(h, axis=1) if pooled else h
+
+        out = self._jit(("features", layer_index, pooled), fn)(self.params, self._pad(tokens), self._pad(labels))
+        return np.asarray(out)[:len(tokens)]

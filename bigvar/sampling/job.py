@@ -1,91 +1,57 @@
-"""`mode=sample` for VAR: class-conditional batch sampling to PNGs, a grid and an `.npz`.
+"""`mode=sample` for VAR and BiGR: class-conditional batch sampling to PNGs, a grid and an `.npz`.
 
 Output in `<workdir>/samples/`:
   grid.png                  the first images, `sample.grid_cols` per row
   images/<index>_c<class>.png   one PNG per image (when `sample.save_pngs`)
-  samples.npz               arr_0 (N, H, W, 3) uint8, labels (N,), tokens (N, L)
+  samples.npz               arr_0 (N, H, W, 3) uint8, labels (N,), tokens (VAR: (N, L) ids;
+                            BiGR: (N, 256, K) bits)
   parts/batch_<k>.npz       per-batch results; a restarted job skips finished batches
 Image i depends only on (sample.seed, i, settings), so a resumed or re-sharded job gives the same
 images as an uninterrupted one.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
-from bigvar import checkpoint, configs, parallel
+from bigvar import configs, parallel, params
 from bigvar.images import make_grid, save_png
-from bigvar.models.var import VAR
+from bigvar.sampling.bigr import BiGRSamplingSettings, BiGRSampler
 from bigvar.sampling.var import SamplingSettings, VARSampler
-from bigvar.tokenizers.msvq import MultiScaleVQVAE
-from bigvar.utils import run_init, unbox
+
+
+def make_sampler(config: ml_collections.ConfigDict, mesh):
+    """The model's sampler (VARSampler or BiGRSampler) with the config's weights and settings."""
+    generator, tokenizer = params.build_models(config)
+    gen_params, tok_params = params.load_params(config, generator, tokenizer, mesh)
+    s = config.sample
+    if config.model == "bigr":
+        settings = BiGRSamplingSettings(
+            num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, gumbel=s.gumbel,
+            gumbel_schedule=s.gumbel_schedule, temperature=s.temperature,
+            diffusion_steps=s.diffusion_steps, transcoder_steps=s.transcoder_steps)
+        return BiGRSampler(generator, tokenizer, gen_params, tok_params, settings, mesh)
+    settings = SamplingSettings(cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, more_smooth=s.more_smooth)
+    return VARSampler(generator, tokenizer, gen_params, tok_params, settings, mesh)
+
 
 def class_labels(config: ml_collections.ConfigDict) -> np.ndarray:
     """Class-major labels: every class in `sample.classes` (() = all), `images_per_class` each."""
-    classes = tuple(config.sample.classes) or tuple(range(config.var.num_classes))
+    num_classes = config[config.model].num_classes
+    classes = tuple(config.sample.classes) or tuple(range(num_classes))
     return np.repeat(np.asarray(classes, np.int32), config.sample.images_per_class)
-
-
-def _init_inputs(var: VAR, vae: MultiScaleVQVAE):
-    tiny_image = jnp.zeros((1, vae.downsample, vae.downsample, 3))  # params don't depend on size
-    labels = jnp.zeros((1,), jnp.int32)
-    x_in = jnp.zeros((1, var.seq_len - var.first_l, vae.z_channels))
-    return tiny_image, (labels, x_in)
-
-
-def init_params(var: VAR, vae: MultiScaleVQVAE, seed: int):
-    """Random (var_params, vae_params), unboxed."""
-    image, var_inputs = _init_inputs(var, vae)
-    vae_params = run_init(vae.init, jax.random.PRNGKey(seed), image)
-    var_params = run_init(functools.partial(var.init, train=False), jax.random.PRNGKey(seed + 1),
-                          *var_inputs)
-    return unbox(var_params), unbox(vae_params)
-
-
-def param_shapes(var: VAR, vae: MultiScaleVQVAE):
-    """(var, vae) params as ShapeDtypeStructs, without computing anything."""
-    image, var_inputs = _init_inputs(var, vae)
-    key = jax.random.PRNGKey(0)
-    return (unbox(jax.eval_shape(functools.partial(var.init, train=False), key, *var_inputs)),
-            unbox(jax.eval_shape(vae.init, key, image)))
-
-
-def load_params(config: ml_collections.ConfigDict, var: VAR, vae: MultiScaleVQVAE, mesh):
-    """Params from `config.init_from`, replicated on the mesh, or random ones for smoke tests."""
-    if config.init_from:
-        configs.check_architecture(config, checkpoint.load_config(config.init_from),
-                                   f"--config.init_from={config.init_from}")
-        shapes = param_shapes(var, vae)
-        target = {"var": shapes[0], "vae": shapes[1]}
-        target = jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), target)
-        params = checkpoint.load_weights(config.init_from, target)
-        return params["var"], params["vae"]
-    if not config.allow_random_init:
-        raise ValueError(
-            "no weights: set --config.init_from=DIR to a directory written by "
-            "`python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=DIR` "
-            "(or --config.allow_random_init=True for a smoke test with random weights)")
-    logging.warning("sampling from RANDOM weights (config.allow_random_init): images are noise")
-    return jax.device_put(init_params(var, vae, config.seed), parallel.replicated(mesh))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     configs.validate(config)
     mesh = parallel.make_mesh(config.mesh)
-    var, vae = configs.build_var(config), configs.build_vae(config)
-    var_params, vae_params = load_params(config, var, vae, mesh)
+    sampler = make_sampler(config, mesh)
     s = config.sample
-    settings = SamplingSettings(cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, more_smooth=s.more_smooth)
-    sampler = VARSampler(var, vae, var_params, vae_params, settings, mesh)
     labels = class_labels(config)
     n = len(labels)
     batch = min(s.batch_size, n)
@@ -109,7 +75,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # A ragged last batch is padded to the full batch: one compiled shape for the whole job.
         padded = parallel.pad_to_multiple(labels[index], batch)
         out = sampler.generate(padded, seed=s.seed, first_index=int(index[0]))
-        batch_images, batch_tokens = out.images[:len(index)], out.tokens[:len(index)]
+        batch_images = out.images[:len(index)]
+        batch_tokens = out.tokens[:len(index)].astype(np.int32 if config.model == "var" else np.uint8)
         if s.save_pngs:
             for i, img in zip(index, batch_images):
                 save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), img)

@@ -1,0 +1,19 @@
+"""A tiny BiGR (2 layers, width 128) with a tiny binary autoencoder: runs in seconds on one CPU.
+
+  python -m bigvar.main --config=configs/bigr_tiny.py --workdir=/tmp/bigr_tiny
+
+Random weights unless `--config.init_from` is set: for tests and smoke runs, not for pictures.
+"""
+from bigvar.configs import bigr_config
+
+
+def get_config(arg=None):
+    if arg:
+        raise ValueError(f"configs/bigr_tiny.py takes no argument; got {arg!r}")
+    config = bigr_config("L", binary_size=24)
+    config.bigr.update(num_classes=10, dim=128, n_layer=2, n_head=2, denoise_hidden=128, num_block_mlp=2)
+    config.bae.update(nf=32, emb_dim=32)
+    config.allow_random_init = True
+    config.sample.update(classes=(0, 1, 2, 3), images_per_class=2, batch_size=4, num_iter=4,
+                         transcoder_steps=5, grid_cols=4)
+    return config
