@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 import re
 
-import jax
 import ml_collections
 import numpy as np
 
 from bigvar.convert import torch_pickle
 from bigvar.convert.common import (ConversionError, NameTable, check_against, convert_conv_net,
-                                   find_state_dict, flatten, linear, looks_like, same)
+                                   find_state_dict, flatten, linear, looks_like, same, set_path)
 from bigvar.models.bigr import ffn_hidden_dim
 
 BIGR_TABLE = [
@@ -185,14 +184,12 @@ def convert_bae_state_dict(sd: dict, expected: dict, path: str) -> dict:
     params = flatten(convert_conv_net({k: v for k, v in sd.items()
                                        if not k.startswith("generator.logsigma.")}, BAE_RULES))
     want = flatten(expected)
-    for key in [k for k in params if k not in want and "/conv_out/" in k]:
-        kernel = params[key.rsplit("/", 1)[0] + "/kernel"]
-        if kernel.shape[:2] == (1, 1) and kernel.shape[2] == kernel.shape[3]:
-            del params[key]
+    unused = {k.rsplit("/", 1)[0] for k in params if k not in want and k.endswith("/conv_out/kernel")
+              and params[k].shape[:2] == (1, 1) and params[k].shape[2] == params[k].shape[3]}
     nested: dict = {}
-    from bigvar.convert.common import set_path
     for key, value in params.items():
-        set_path(nested, key, value)
+        if key.rsplit("/", 1)[0] not in unused:
+            set_path(nested, key, value)
     return nested
 
 

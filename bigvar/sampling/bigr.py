@@ -172,8 +172,9 @@ def transcode(model: BiGR, params, c_z, weight, temperature: float, keys, plan: 
 
 # ---- the outer loop ----------------------------------------------------------------------
 class BiGRSampleOutput(NamedTuple):
-    images: jax.Array   # (B, S, S, 3) uint8
-    tokens: jax.Array   # (B, N, K) float32 bits
+    images: jax.Array         # (B, S, S, 3) uint8
+    tokens: jax.Array         # (B, N, K) float32 bits
+    times_sampled: jax.Array  # (B, N) int32: 1 for generated tokens, 0 for kept ones
 
 
 def sample_tokens(model: BiGR, settings: BiGRSamplingSettings, params, cond, null_cond, seed,
@@ -181,7 +182,9 @@ def sample_tokens(model: BiGR, settings: BiGRSamplingSettings, params, cond, nul
     """The token loop. cond (B, D): class embeddings (or mixes); null_cond (D,): the null class
     embedding. counts (B, I): tokens to reveal per step. known_tokens/known: tokens given at the
     start (in-painting), revealed from the start. `final_fill` adds the official last pass that
-    fills tokens a too-small budget left hidden. Returns (B, N, K) bits."""
+    fills tokens a too-small budget left hidden. Returns (bits (B, N, K), how many times each
+    token was (re)sampled (B, N): 1 for every generated token unless the official in-painting
+    budget re-samples known ones)."""
     b, n, k = cond.shape[0], model.seq_len, model.binary_size
     pairs = 2 if settings.uses_null_branch else 1
     conds = cond[:, None, :]
@@ -205,7 +208,7 @@ def sample_tokens(model: BiGR, settings: BiGRSamplingSettings, params, cond, nul
         return transcode(model, params, c_z, weight, settings.temperature, step_keys, plan, pairs)
 
     def step(carry, inp):
-        seq, revealed = carry
+        seq, revealed, times = carry
         i, count, weight, gumbel = inp
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, i)
         probs = probabilities(seq, revealed, weight, step_keys)
@@ -216,16 +219,18 @@ def sample_tokens(model: BiGR, settings: BiGRSamplingSettings, params, cond, nul
         rank = jnp.argsort(jnp.argsort(-confidence, axis=-1, stable=True), axis=-1, stable=True)
         chosen = rank < count[:, None]
         bits = bernoulli(step_keys, probs)
-        return (jnp.where(chosen[..., None], bits, seq), revealed | chosen), None
+        return (jnp.where(chosen[..., None], bits, seq), revealed | chosen, times + chosen), None
 
     xs = (jnp.arange(settings.num_iter), jnp.swapaxes(counts, 0, 1),
           jnp.asarray(cfg_weights(settings)), jnp.asarray(gumbel_scales(settings)))
-    (seq, revealed), _ = jax.lax.scan(step, (seq, revealed), xs)
+    times = jnp.zeros((b, n), jnp.int32)
+    (seq, revealed, times), _ = jax.lax.scan(step, (seq, revealed, times), xs)
     if final_fill:
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, settings.num_iter)
         probs = probabilities(seq, revealed, jnp.float32(settings.cfg), step_keys)
         seq = jnp.where(revealed[..., None], seq, bernoulli(step_keys, probs))
-    return seq
+        times = times + ~revealed
+    return seq, times
 
 
 def bernoulli(step_keys, probs):
@@ -321,9 +326,9 @@ class BiGRSampler:
         model, bae, settings = self.model, self.bae, self.settings
 
         def fn(params, bae_params, cond, seed, index, counts, known_tokens, known):
-            tokens = sample_tokens(model, settings, params, cond, null, seed, index, counts,
-                                   known_tokens, known, final_fill)
-            return BiGRSampleOutput(decode_to_uint8(bae, bae_params, tokens), tokens)
+            tokens, times = sample_tokens(model, settings, params, cond, null, seed, index, counts,
+                                          known_tokens, known, final_fill)
+            return BiGRSampleOutput(decode_to_uint8(bae, bae_params, tokens), tokens, times)
 
         out = self._jit((name, final_fill, known is None), fn)(
             self.params, self.bae_params, self._pad(cond), jnp.uint32(seed), self._pad(index),
