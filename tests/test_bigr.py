@@ -179,6 +179,22 @@ def test_every_token_is_sampled_exactly_once_and_sharding_changes_nothing(tiny):
     assert not np.array_equal(one.generate(labels, seed=4).tokens, full.tokens)
 
 
+def test_transcoding_only_hidden_tokens_changes_nothing(tiny):
+    model, bae, params, _ = tiny
+    settings = sb.BiGRSamplingSettings(num_iter=6, transcoder_steps=3, cfg=2.0, gumbel=0.3)
+    labels = jnp.asarray([1, 4])
+    cond = model.apply(params, labels, method=BiGR.class_embedding)
+    null = model.apply(params, jnp.asarray([10]), method=BiGR.class_embedding)[0]
+    counts = np.tile(sb.reveal_counts(256, 6), (2, 1))
+    segments = sb.hidden_token_segments(counts, 256, None)
+    assert segments == ((2, 256), (1, 232), (2, 200), (1, 96))  # hidden: 256, 232, 199, 96 …
+    run = lambda seg: sb.sample_tokens(model, settings, params, cond, null, jnp.uint32(5),  # noqa: E731
+                                       jnp.arange(2), jnp.asarray(counts), segments=seg)
+    full, segmented = run(None), run(segments)
+    np.testing.assert_array_equal(full[0], segmented[0])
+    np.testing.assert_array_equal(full[1], segmented[1])
+
+
 def test_guidance_at_most_one_is_handled(tiny):
     for cfg in (1.0, 0.5, 0.0):
         out = sampler_for(tiny, cfg=cfg, cfg_schedule="linear" if cfg == 0.5 else "constant").generate([1, 2])
@@ -207,6 +223,17 @@ def test_inpainting_keeps_known_tokens_and_flags_the_official_budget(tiny):
         sampler.edit(images, np.ones((8, 8)))
     with pytest.raises(ValueError, match="takes .* images"):
         sampler.edit(np.zeros((1, 32, 32, 3), np.uint8), np.ones((16, 16)))
+
+
+def test_enrichment_regenerates_every_token_once_per_round(tiny):
+    sampler = sampler_for(tiny, num_iter=3)
+    low = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)  # half size
+    out = sampler.enrich(low, downsample_rate=2, rounds=1)
+    assert out.images.shape == (1, 64, 64, 3)
+    # The last group regenerated one sub-position of every 2×2 block: 64 tokens, once each.
+    assert out.times_sampled.sum() == 64 and out.times_sampled.max() == 1
+    with pytest.raises(ValueError, match="must divide"):
+        sampler.enrich(low, downsample_rate=3)
 
 
 def test_interpolation_and_features(tiny):

@@ -162,7 +162,8 @@ class DenoiseModel(nn.Module):
         return self.c_embedder(z)
 
     def from_embedded(self, x, t, c_z):
-        c = self.t_embedder(t) + c_z
+        """t: timestep indices (…,) per token, or one scalar for all (embedded once)."""
+        c = self.t_embedder(t) + c_z  # a scalar t gives one (H,) embedding, broadcast
         x = self.x_embedder((x.astype(jnp.float32) - 0.5) * 2.0)
         for block in self.blocks:
             x = block(x, c)

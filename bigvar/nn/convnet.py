@@ -46,3 +46,19 @@ class Upsample(nn.Module):
         return conv(x.shape[-1], 3, "conv")(upsample_nearest_2x(x))
 
 
+
+
+class ResBlock(nn.Module):
+    """GN → SiLU → conv3×3 → GN → SiLU → conv3×3, plus the input (1×1-projected when the width
+    changes). The projection's name differs between the two code bases (`nin_shortcut` in VAR's
+    VQ-VAE, `conv_out` in BiGR's B-AE)."""
+    out_channels: int
+    shortcut_name: str = "nin_shortcut"
+
+    @nn.compact
+    def __call__(self, x):
+        h = conv(self.out_channels, 3, "conv1")(nn.silu(group_norm("norm1")(x)))
+        h = conv(self.out_channels, 3, "conv2")(nn.silu(group_norm("norm2")(h)))
+        if x.shape[-1] != self.out_channels:
+            x = conv(self.out_channels, 1, self.shortcut_name)(x)
+        return x + h

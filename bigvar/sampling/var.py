@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar import parallel
 from bigvar.models.var import VAR
+from bigvar.sampling.common import MeshPlacement, check_labels, per_sample_keys
 from bigvar.sampling.edit import box_mask, scale_keep_masks
 from bigvar.tokenizers.msvq import MultiScaleVQVAE
 
@@ -98,10 +98,6 @@ def sample_from_logits(key: jax.Array, logits: jax.Array) -> jax.Array:
     # Guard the rounding edge u == cdf[-1]: never return an excluded (zero-probability) entry.
     last_valid = logits.shape[-1] - 1 - jnp.argmax(jnp.flip(probs > 0, axis=-1), axis=-1)
     return jnp.minimum(idx, last_valid).astype(jnp.int32)
-
-
-def per_sample_keys(seed: jax.Array, sample_index: jax.Array) -> jax.Array:
-    return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(sample_index)
 
 
 def to_uint8(img: jax.Array) -> jax.Array:
@@ -192,12 +188,10 @@ class VARSampler:
     def __init__(self, var: VAR, vae: MultiScaleVQVAE, var_params, vae_params,
                  settings: SamplingSettings = SamplingSettings(), mesh=None):
         self.var, self.vae, self.settings = var, vae, settings
-        self.mesh = mesh if mesh is not None else parallel.make_mesh({"data": -1})
-        self._batch_sharding = parallel.batch_sharding(self.mesh)
-        self._dp = parallel.data_parallel_size(self.mesh)
-        replicated = parallel.replicated(self.mesh)
-        self.var_params = jax.device_put(var_params, replicated)
-        self.vae_params = jax.device_put(vae_params, replicated)
+        self.place = MeshPlacement(mesh)
+        self.mesh = self.place.mesh
+        self.var_params = self.place.replicate(var_params)
+        self.vae_params = self.place.replicate(vae_params)
         self._jitted = {}
 
     @property
@@ -205,19 +199,12 @@ class VARSampler:
         return self.vae.spec.latent_size * self.vae.downsample
 
     def check_labels(self, labels) -> np.ndarray:
-        labels = np.asarray(labels, np.int32).reshape(-1)
-        null = self.var.num_classes
-        bad = labels[(labels < 0) | (labels > null)]
-        if bad.size:
-            raise ValueError(f"class ids must be in [0, {null}) or {null} (the null class, "
-                             f"unconditional); got {sorted(set(bad.tolist()))}")
-        return labels
+        return check_labels(labels, self.var.num_classes)
 
     def _run(self, labels, seed: int, first_index: int, edit: EditGuide | None, return_logits: bool):
         n = len(labels)
         index = np.arange(first_index, first_index + n, dtype=np.int32)
-        pad = lambda x: jax.device_put(parallel.pad_to_multiple(np.asarray(x), self._dp),  # noqa: E731
-                                       self._batch_sharding)
+        pad = self.place.batch
         if edit is not None:
             edit = EditGuide([pad(g) for g in edit.gt_idx], [pad(k) for k in edit.keep])
         key = (edit is None, return_logits)

@@ -16,24 +16,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigvar.nn.convnet import HIGHEST, Downsample, Upsample, conv, group_norm, spatial_attention
+from bigvar.nn.convnet import (HIGHEST, Downsample, ResBlock, Upsample, conv, group_norm,
+                                spatial_attention)
 
 
 class Layer(NamedTuple):
     kind: str       # conv | res | attn | down | up | norm
     channels: int   # output channels (input channels for attn/down/up/norm)
-
-
-class ResBlock(nn.Module):
-    out_channels: int
-
-    @nn.compact
-    def __call__(self, x):
-        h = conv(self.out_channels, 3, "conv1")(nn.silu(group_norm("norm1")(x)))
-        h = conv(self.out_channels, 3, "conv2")(nn.silu(group_norm("norm2")(h)))
-        if x.shape[-1] != self.out_channels:  # the official `conv_out` is unused otherwise
-            x = conv(self.out_channels, 1, "conv_out")(x)
-        return x + h
 
 
 class AttnBlock(nn.Module):
@@ -94,7 +83,7 @@ class LayerStack(nn.Module):
             if layer.kind == "conv":
                 x = conv(layer.channels, 3, name)(x)
             elif layer.kind == "res":
-                x = ResBlock(layer.channels, name=name)(x)
+                x = ResBlock(layer.channels, "conv_out", name=name)(x)  # conv_out: unused if same width
             elif layer.kind == "attn":
                 x = AttnBlock(name=name)(x)
             elif layer.kind == "down":

@@ -14,20 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar.nn.convnet import HIGHEST, Downsample, Upsample, conv, group_norm, spatial_attention
+from bigvar.nn.convnet import (HIGHEST, Downsample, ResBlock, Upsample, conv, group_norm,
+                                spatial_attention)
 from bigvar.nn.resize import resize_nhwc
-
-class ResnetBlock(nn.Module):
-    out_channels: int
-
-    @nn.compact
-    def __call__(self, x):
-        h = conv(self.out_channels, 3, "conv1")(nn.silu(group_norm("norm1")(x)))
-        h = conv(self.out_channels, 3, "conv2")(nn.silu(group_norm("norm2")(h)))
-        if x.shape[-1] != self.out_channels:
-            x = conv(self.out_channels, 1, "nin_shortcut")(x)
-        return x + h
-
 
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with a fused [q | k | v] 1×1 conv."""
@@ -51,7 +40,7 @@ class Level(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i in range(self.num_blocks):
-            x = ResnetBlock(self.channels, name=f"block_{i}")(x)
+            x = ResBlock(self.channels, name=f"block_{i}")(x)
             if self.with_attn:
                 x = AttnBlock(name=f"attn_{i}")(x)
         if self.resample is Downsample:
@@ -65,9 +54,9 @@ class Mid(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-        x = ResnetBlock(c, name="block_1")(x)
+        x = ResBlock(c, name="block_1")(x)
         x = AttnBlock(name="attn_1")(x)
-        return ResnetBlock(c, name="block_2")(x)
+        return ResBlock(c, name="block_2")(x)
 
 
 class Encoder(nn.Module):
