@@ -187,7 +187,8 @@ def test_transcoding_only_hidden_tokens_changes_nothing(tiny):
     null = model.apply(params, jnp.asarray([10]), method=BiGR.class_embedding)[0]
     counts = np.tile(sb.reveal_counts(256, 6), (2, 1))
     segments = sb.hidden_token_segments(counts, 256, None)
-    assert segments == ((2, 256), (1, 232), (2, 200), (1, 96))  # hidden: 256, 232, 199, 96 …
+    # hidden before each step: 256, 247, 221, 181, 128, 66 → segments start at steps 0, 2, 3, 4
+    assert segments == ((2, 256), (1, 224), (1, 184), (2, 128))
     run = lambda seg: sb.sample_tokens(model, settings, params, cond, null, jnp.uint32(5),  # noqa: E731
                                        jnp.arange(2), jnp.asarray(counts), segments=seg)
     full, segmented = run(None), run(segments)
