@@ -2,7 +2,6 @@
 for files that are not what the user thinks they are."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ answer on the decoded image, so no fp32 port can be closer than that in every pi
 """
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

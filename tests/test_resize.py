@@ -2,7 +2,6 @@
 every size pair VAR uses at 256 and 512 px."""
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

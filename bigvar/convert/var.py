@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import jax
 import ml_collections
 import numpy as np
 
