@@ -46,6 +46,18 @@ def make_vae(patch_nums):
     return MultiScaleVQVAE(vocab_size=256, ch=32, patch_nums=patch_nums)
 
 
+def assert_quantizer_matches(vae, vae_params, f, fx):
+    """Indices (exact) and cumulative f̂ at every scale, then the teacher-forcing input."""
+    idx, f_hats = vae.apply(vae_params, f, vae.spec,
+                            method=lambda m, f, s: m.quantize.f_to_idx_or_fhat(f, s))
+    for k in range(10):
+        np.testing.assert_array_equal(np.asarray(idx[k]), fx[f"idx_{k}"], err_msg=f"scale {k}")
+        assert_close(f_hats[k], nhwc(fx[f"fhat_{k}"]), max_abs=1e-4)
+    gt = [jnp.asarray(fx[f"idx_{k}"]) for k in range(10)]
+    assert_close(vae.apply(vae_params, gt, method=MultiScaleVQVAE.idx_to_var_input), fx["var_input"], max_abs=1e-5)
+    return gt
+
+
 def test_phi_table_is_the_float64_one():
     # VAR_SPEC §1.6.3: float32 would give 2 at si=7.
     assert phi_indices(10, 4) == (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)
@@ -60,14 +72,7 @@ def test_encode_quantize_decode_256(vae_params):
     f = vae.apply(vae_params, img, method=MultiScaleVQVAE.img_to_f)
     assert_close(f, nhwc(fx["f"]), max_abs=1e-4)
 
-    idx, f_hats = vae.apply(vae_params, f, vae.spec,
-                            method=lambda m, f, s: m.quantize.f_to_idx_or_fhat(f, s))
-    for k in range(10):
-        np.testing.assert_array_equal(np.asarray(idx[k]), fx[f"idx_{k}"], err_msg=f"scale {k}")
-        assert_close(f_hats[k], nhwc(fx[f"fhat_{k}"]), max_abs=1e-4)
-
-    gt = [jnp.asarray(fx[f"idx_{k}"]) for k in range(10)]
-    assert_close(vae.apply(vae_params, gt, method=MultiScaleVQVAE.idx_to_var_input), fx["var_input"], max_abs=1e-5)
+    gt = assert_quantizer_matches(vae, vae_params, f, fx)
     assert_close(vae.apply(vae_params, jnp.asarray(nhwc(fx["fhat_9"])), method=MultiScaleVQVAE.fhat_to_img),
                  nhwc(fx["img_fhat"]), max_abs=5e-5)
     assert_close(vae.apply(vae_params, gt, method=MultiScaleVQVAE.idx_to_img), nhwc(fx["img_from_idx"]), max_abs=5e-5)
@@ -79,13 +84,7 @@ def test_quantizer_512_patch_nums(vae_params):
     fx = np.load(os.path.join(VAR_FIXTURES, "vqvae_tiny_quant_512.npz"))
     vae = make_vae(P512)
     f = jnp.asarray(nhwc(fx["f"]))
-    idx, f_hats = vae.apply(vae_params, f, vae.spec,
-                            method=lambda m, f, s: m.quantize.f_to_idx_or_fhat(f, s))
-    for k in range(10):
-        np.testing.assert_array_equal(np.asarray(idx[k]), fx[f"idx_{k}"], err_msg=f"scale {k}")
-        assert_close(f_hats[k], nhwc(fx[f"fhat_{k}"]), max_abs=1e-4)
-    gt = [jnp.asarray(fx[f"idx_{k}"]) for k in range(10)]
-    assert_close(vae.apply(vae_params, gt, method=MultiScaleVQVAE.idx_to_var_input), fx["var_input"], max_abs=1e-5)
+    assert_quantizer_matches(vae, vae_params, f, fx)
     assert_close(vae.apply(vae_params, jnp.asarray(nhwc(fx["fhat_9"][:1])), method=MultiScaleVQVAE.fhat_to_img),
                  nhwc(fx["img_fhat"]), max_abs=5e-5)
 

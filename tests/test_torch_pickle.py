@@ -436,23 +436,26 @@ def test_reconstructor_refuses_real_classes(tmp_path) -> None:
         torch_pickle.load(checkpoint(tmp_path, evil))
 
 
-def test_unknown_modules_are_never_imported(tmp_path) -> None:
-    if "tabnanny" in sys.modules:
-        pytest.skip("tabnanny already imported by something else")
+def test_unknown_modules_are_never_imported(tmp_path, monkeypatch) -> None:
+    # A real, importable module that nothing else can have imported: written here, on sys.path.
+    module = "bigvar_probe_module_zz9"
+    (tmp_path / f"{module}.py").write_text("def check(*args):\n    raise SystemExit('imported!')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert module not in sys.modules
     evil = (
         MARK
         + global_("no_such_module_zz9", "Thing")
         + EMPTY_TUPLE
         + NEWOBJ
-        + global_("tabnanny", "check")
+        + global_(module, "check")
         + b"l"  # LIST
     )
     thing, check = torch_pickle.load(checkpoint(tmp_path, evil))["payload"]
     assert (thing.module, thing.name) == ("no_such_module_zz9", "Thing")
-    assert repr(check) == "<unresolved global tabnanny.check>"
-    with pytest.raises(UnsafePickleError, match=r"tabnanny\.check"):
-        torch_pickle.load(checkpoint(tmp_path, call(global_("tabnanny", "check"), value("."))))
-    assert "tabnanny" not in sys.modules
+    assert repr(check) == f"<unresolved global {module}.check>"
+    with pytest.raises(UnsafePickleError, match=rf"{module}\.check"):
+        torch_pickle.load(checkpoint(tmp_path, call(global_(module, "check"), value("."))))
+    assert module not in sys.modules
     assert "no_such_module_zz9" not in sys.modules
 
 
