@@ -59,9 +59,11 @@ def load_config(weights_dir: str) -> dict:
         return json.load(f)
 
 
-def load_weights(weights_dir: str, target: Any | None = None) -> Any:
+def load_weights(weights_dir: str, target: Any | None = None, partial: bool = False) -> Any:
     """Restores params. With `target` (a pytree of arrays or ShapeDtypeStructs, optionally with
-    `.sharding`), shapes are checked key by key and arrays are placed with those shardings."""
+    `.sharding`), shapes are checked key by key and arrays are placed with those shardings.
+    `partial`: the target names only some top-level entries (e.g. just the tokenizer); only
+    those are read."""
     path = os.path.join(os.path.abspath(weights_dir), PARAMS)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no params/ in {weights_dir}: expected a directory written by "
@@ -71,12 +73,18 @@ def load_weights(weights_dir: str, target: Any | None = None) -> Any:
         return checkpointer.restore(path)
     stored = checkpointer.metadata(path)
     stored = getattr(stored, "item_metadata", stored)
+    if partial:
+        missing = sorted(set(target) - set(stored))
+        if missing:
+            raise ValueError(f"weights in {weights_dir} have no {missing} (they hold {sorted(stored)})")
+        stored = {k: stored[k] for k in target}
     check_tree_shapes(target, stored, what=f"weights in {weights_dir}")
     restore_args = jax.tree_util.tree_map(
         lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, dtype=t.dtype)
         if getattr(t, "sharding", None) is not None else ocp.RestoreArgs(restore_type=np.ndarray),
         target)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=partial))
 
 
 def _flat(tree) -> dict[str, Any]:

@@ -10,7 +10,62 @@ import jax.numpy as jnp
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
-MODES = ("sample", "train", "eval")
+MODES = ("sample", "train", "export", "eval")
+
+# Logical axis → mesh axes (MaxText style). Params are sharded FSDP over `fsdp` on their
+# `embed` axis and tensor-parallel over `tensor` on the wide axes; batches over data × fsdp.
+# A mesh axis that does not divide a dimension is dropped for that parameter (replicated).
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("qkv", "tensor"),
+    ("heads", "tensor"),
+    ("adaln", "tensor"),
+    ("vocab", "tensor"),
+    ("embed_out", None),
+    ("mlp_out", None),
+    ("classes", None),
+    ("seq", None),
+    ("layers", None),
+)
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.train`: optimisation, schedules, logging and checkpointing of a training run.
+
+    Steps are optimizer steps on the global batch (`grad_accum` micro-batches each); epochs
+    convert to steps with the training set's size.
+    """
+    train = ml_collections.ConfigDict(dict(
+        batch_size=768, grad_accum=1, epochs=200, steps=0,  # steps > 0 overrides epochs
+        lr=0.0, tblr=1e-4,  # lr = 0: tblr · batch_size / 256 (the official rule)
+        schedule="lin0", warmup_epochs=0.0, wp0=0.005, wpe=0.1,  # warmup 0: epochs / 50
+        twd=0.05, twde=0.0,  # weight decay from twd to twde along a cosine (twde 0: constant)
+        b1=0.9, b2=0.95, eps=1e-8, clip=2.0, label_smoothing=0.0,
+        pg=0.0, pg0=4, pgwp=0.0,  # progressive training (VAR): off by default, pgwp 0: epochs/300
+        official_init=True, init_adaln=0.5, init_adaln_gamma=1e-3, init_head=0.02,
+        ema_decay=0.0,  # > 0: keep an EMA of the generator (BiGR: 0.9999); export uses it
+        log_every=50, checkpoint_every=2000, keep_checkpoints=3, async_checkpoints=True,
+        sample_every=5000, sample_images=16,
+    ))
+    train.update(overrides)
+    return train
+
+
+def data_section(**overrides) -> ml_collections.ConfigDict:
+    """`config.data`: where training images come from (read by `bigvar.data.pipeline`)."""
+    data = ml_collections.ConfigDict(dict(
+        source="procedural",  # procedural | folder | array_record | tfds
+        path="",  # folder: ImageNet-style root (class sub-folders); array_record: file glob
+        tfds_name="", tfds_split="train", tfds_data_dir="",
+        num_classes=10, num_records=10000,  # procedural: the built-in dataset's size
+        transform="var",  # var: shorter side 1.125·R (Lanczos) + random crop; adm: BiGR's crop
+        value_range="minus_one_one",  # the tokenizer's input range: minus_one_one | zero_one
+        hflip=False, num_workers=0, prefetch=2,
+    ))
+    data.update(overrides)
+    return data
 
 # Per-depth recipe values from VAR_SPEC §2.1 and §4.7 (used by the trainer).
 VAR_RECIPES = {
@@ -61,7 +116,14 @@ def var_config(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_NUMS_25
         grid_cols=8, save_pngs=True,
     ))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.recipe = ml_collections.ConfigDict(VAR_RECIPES.get(depth, VAR_RECIPES[16]))
+    config.axis_rules = DEFAULT_AXIS_RULES
+    config.tokenizer_from = ""  # training: weights dir holding the frozen VQ-VAE (`vae`)
+    recipe = VAR_RECIPES.get(depth, VAR_RECIPES[16])
+    config.train = train_config(
+        batch_size=recipe["batch_size"], epochs=recipe["epochs"], tblr=recipe["tblr"],
+        wpe=recipe["wpe"], twde=recipe["twde"], init_adaln_gamma=recipe["init_adaln_gamma"])
+    config.data = data_section(source="folder", path="", num_classes=1000, transform="var",
+                               value_range="minus_one_one", hflip=False)
     if arg == "fid":  # the README protocol: 50 images for each of the 1000 classes
         config.sample.classes = ()
         config.sample.images_per_class = 50
@@ -157,6 +219,14 @@ def bigr_config(size: str, *, binary_size: int, arg: str | None = None) -> ml_co
         num_iter=20, cfg=3.0, cfg_schedule="constant", gumbel=0.01, gumbel_schedule="constant",
         temperature=1.0, diffusion_steps=256, transcoder_steps=100, grid_cols=8, save_pngs=True))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.axis_rules = DEFAULT_AXIS_RULES
+    config.tokenizer_from = ""  # training: weights dir holding the frozen B-AE (`bae`)
+    # train_ddp.py / paper Table 7: constant lr 1e-4, wd 0.02, clip 1, EMA 0.9999, 400 epochs.
+    config.train = train_config(
+        batch_size=1024 if size == "L" else 512, epochs=400, lr=1e-4, schedule="constant",
+        twd=0.02, twde=0.02, clip=1.0, ema_decay=0.9999)
+    config.data = data_section(source="folder", path="", num_classes=1000, transform="adm",
+                               value_range="zero_one", hflip=True)
     if arg == "paper":  # Table 7 of the paper (FID runs): cfg 2.5, I and Gumbel per size
         iters, gumbel = {"L": (20, 0.17), "XL": (25, 0.25), "XXL": (25, 0.30)}.get(size, (20, 0.17))
         config.sample.update(cfg=2.5, num_iter=iters, gumbel=gumbel)
@@ -266,4 +336,5 @@ def build_var(config: ml_collections.ConfigDict):
         vocab_size=config.vae.vocab_size, cvae=config.vae.z_channels, num_classes=v.num_classes,
         depth=v.depth, embed_dim=v.embed_dim, num_heads=v.num_heads, mlp_ratio=v.mlp_ratio,
         patch_nums=tuple(v.patch_nums), shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
-        norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, attn_impl=v.attn_impl, remat=v.remat, dtype=jnp.dtype(v.dtype))
+        norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, drop_path_rate=v.drop_path_rate,
+        attn_impl=v.attn_impl, remat=v.remat, dtype=jnp.dtype(v.dtype))

@@ -1,8 +1,13 @@
 """Entry point: `python -m bigvar.main --config=configs/<file>.py[:arg] --workdir=DIR`.
 
-Dispatches on `config.mode`: `sample` (VAR sampling to PNGs/grid/npz). `train` and `eval`
-are reserved for the trainer and the FID pipeline. Override any field on the command line,
-e.g. `--config.sample.cfg=4 --config.init_from=ckpt/var_d16`.
+Dispatches on `config.mode`:
+  sample   class-conditional sampling to PNGs, a grid and an .npz (`bigvar.sampling.job`);
+  train    train the generator, resumable (`bigvar.train.generator`);
+  export   the newest training checkpoint (EMA for BiGR) → a weights directory for
+           `--config.init_from` (written to <workdir>/export);
+  eval     reserved for the FID pipeline.
+Override any field on the command line, e.g. `--config.sample.cfg=4 --config.init_from=ckpt/var_d16`.
+On several hosts (TPU pod slice, SLURM), pass `--multihost` on every host.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs, logs and checkpoints go.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
+                                "(one process per host on TPU pods, SLURM, multi-node GPU).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,14 +30,23 @@ def run(config, workdir: str):
     if config.mode == "sample":
         from bigvar.sampling import job
         return job.run(config, workdir)
+    if config.mode == "train":
+        from bigvar.train import generator
+        return generator.run(config, workdir)
+    if config.mode == "export":
+        from bigvar.train import generator
+        return {"exported": generator.export_weights(config, workdir)}
     raise NotImplementedError(
-        f"config.mode={config.mode!r} is not available yet in this version; use mode=sample")
+        f"config.mode={config.mode!r} (the FID pipeline) is not available yet; use sample, train or export")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
+    if _MULTIHOST.value:
+        import jax
+        jax.distributed.initialize()
     summary = run(_CONFIG.value, _WORKDIR.value)
     if summary:
         for key, value in summary.items():

@@ -59,3 +59,56 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
     """Pads the leading axis by repeating the last row (static shapes for a ragged last batch)."""
     pad = -len(x) % multiple
     return x if pad == 0 else np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+
+
+# ---- parameter sharding from logical axis names -------------------------------------------
+def _divisible_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drops mesh axes that do not divide their dimension (e.g. 1001 class rows over 2 devices):
+    that dimension is replicated instead of failing to place."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(axes if names and dim % size == 0 else None)
+    return P(*out)
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules) -> object:
+    """NamedShardings for a tree of flax LogicallyPartitioned boxes (abstract or concrete), via
+    the logical → mesh `rules`; unannotated leaves are replicated."""
+    from flax import linen as nn
+    logical = nn.get_partition_spec(boxed_tree)
+    unboxed = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), boxed_tree,
+                                     is_leaf=lambda x: hasattr(x, "value"))
+    mesh_specs = nn.logical_to_mesh(logical, rules)
+    return jax.tree_util.tree_map(
+        lambda spec, leaf: NamedSharding(mesh, _divisible_spec(spec, leaf.shape, mesh)),
+        mesh_specs, unboxed, is_leaf=lambda x: isinstance(x, P))
+
+
+def shardings_by_path(tree, reference: dict, mesh: Mesh):
+    """Shardings for a tree whose sub-trees mirror parameters (optimizer moments, EMA): a leaf
+    takes the sharding of the parameter whose dict path is the longest suffix of its own dict
+    path with the same shape; anything else (step counters, ...) is replicated."""
+    from flax.traverse_util import flatten_dict
+    by_path = flatten_dict(reference)
+    longest = max((len(p) for p in by_path), default=0)
+
+    def pick(path, leaf):
+        names = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+        for n in range(min(len(names), longest), 0, -1):
+            sharding = by_path.get(names[-n:])
+            if sharding is not None and len(sharding.spec) <= leaf.ndim:
+                return sharding
+        return replicated(mesh)
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+    """Global arrays, sharded over data × fsdp, from this process's slice of the batch."""
+    sharding = batch_sharding(mesh)
+    def place(x):
+        x = np.asarray(x)
+        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+    return jax.tree_util.tree_map(place, local)

@@ -12,13 +12,14 @@ def unbox(tree: Any) -> Any:
                                   is_leaf=lambda x: hasattr(x, "value"))
 
 
-def run_init(init_fn: Callable, *args) -> Any:
+def run_init(init_fn: Callable, *args, out_shardings: Any = None) -> Any:
     """Runs a flax `init` compiled without backend optimisation.
 
     An init is run once and is cheap to execute, but XLA's optimising CPU backend spends ~30 s on
     the hundreds of small RNG kernels of a VQ-VAE init; level 0 compiles them ~5× faster.
     """
-    lowered = jax.jit(init_fn).lower(*args)
+    jitted = jax.jit(init_fn) if out_shardings is None else jax.jit(init_fn, out_shardings=out_shardings)
+    lowered = jitted.lower(*args)
     try:
         compiled = lowered.compile({"xla_backend_optimization_level": 0})
     except Exception:  # an XLA build without the option: the default compile is still correct

@@ -58,7 +58,7 @@ def test_label_dropout_only_in_training():
     labels, x_in = jnp.asarray(fx["labels"]), jnp.asarray(fx["x_in"])
     eval_logits = model.apply(params["var"], labels, x_in)
     # cond_drop_rate = 1 in training: every label becomes the null class.
-    dropped = model.clone(cond_drop_rate=1.0).apply(
+    dropped = model.clone(cond_drop_rate=1.0, drop_path_rate=0.0).apply(
         params["var"], labels, x_in, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
     assert_close(dropped, fx["logits_null"], 1e-4)
     assert not np.allclose(eval_logits, dropped)

@@ -139,7 +139,7 @@ class TimestepEmbedder(nn.Module):
     @nn.compact
     def __call__(self, t):
         h = dense(self.hidden, ("freq", "mlp"), "mlp_0")(timestep_embedding(t))
-        return dense(self.hidden, ("mlp", "mlp"), "mlp_2")(nn.silu(h))
+        return dense(self.hidden, ("mlp", "mlp_out"), "mlp_2")(nn.silu(h))
 
 
 class DenoiseModel(nn.Module):
@@ -182,7 +182,7 @@ class DenoiseBlock(nn.Module):
         ada = dense(3 * h, ("mlp", "adaln"), "adaLN_modulation")(nn.silu(c))
         shift, scale, gate = jnp.split(ada, 3, axis=-1)
         y = modulate(layer_norm(x, 1e-6), shift, scale)
-        y = dense(h, ("mlp", "mlp"), "mlp_2")(nn.silu(dense(h, ("mlp", "mlp"), "mlp_0")(y)))
+        y = dense(h, ("mlp", "mlp_out"), "mlp_2")(nn.silu(dense(h, ("mlp", "mlp_out"), "mlp_0")(y)))
         return x + gate * y
 
 

@@ -98,7 +98,8 @@ class AdaLNSelfAttn(nn.Module):
     dtype: Dtype
 
     @nn.compact
-    def __call__(self, x, past_kv, cond, mask):
+    def __call__(self, x, past_kv, cond, mask, drop_rate=None):
+        """`drop_rate`: this block's stochastic-depth rate (training), or None."""
         c = self.embed_dim
         if self.shared_aln:
             ada_gss = param(self, "ada_gss", nn.initializers.normal(1.0 / math.sqrt(c)),
@@ -112,11 +113,20 @@ class AdaLNSelfAttn(nn.Module):
         h = layer_norm(x, self.norm_eps) * (1 + scale1) + shift1
         attn_out, new_kv = SelfAttention(c, self.num_heads, self.attn_l2_norm, self.attn_impl,
                                          self.dtype, name="attn")(h.astype(self.dtype), mask, past_kv)
-        x = x + attn_out.astype(jnp.float32) * gamma1
+        x = x + self.drop_path(attn_out.astype(jnp.float32) * gamma1, drop_rate)
         h = layer_norm(x, self.norm_eps) * (1 + scale2) + shift2
         ffn_out = FFN(round(c * self.mlp_ratio), self.dtype, name="ffn")(h.astype(self.dtype))
-        x = x + ffn_out.astype(jnp.float32) * gamma2
+        x = x + self.drop_path(ffn_out.astype(jnp.float32) * gamma2, drop_rate)
         return x, new_kv
+
+    def drop_path(self, branch, rate):
+        """timm's DropPath: zero a sample's whole branch w.p. `rate`, rescale the rest by
+        1/(1 − rate). Identity when `rate` is None (inference)."""
+        if rate is None:
+            return branch
+        keep = 1.0 - rate
+        alive = jax.random.bernoulli(self.make_rng("dropout"), keep, (branch.shape[0], 1, 1))
+        return jnp.where(alive, branch / keep, 0.0).astype(branch.dtype)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -146,6 +156,7 @@ class VAR(nn.Module):
     attn_l2_norm: bool = True
     norm_eps: float = 1e-6
     cond_drop_rate: float = 0.1
+    drop_path_rate: float = 0.0
     attn_impl: str = "xla"
     remat: bool = False
     dtype: Dtype = jnp.float32
@@ -179,7 +190,7 @@ class VAR(nn.Module):
             block = nn.remat(block, prevent_cse=False)
         self.blocks = nn.scan(
             block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=(0, nn.broadcast, nn.broadcast), length=self.depth,
+            in_axes=(0, nn.broadcast, nn.broadcast, 0), length=self.depth,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(c, self.num_heads, self.mlp_ratio, self.shared_aln, self.attn_l2_norm, self.norm_eps,
           self.attn_impl, self.dtype)
@@ -215,10 +226,13 @@ class VAR(nn.Module):
 
     # ---- teacher-forced forward --------------------------------------------------------------
     def __call__(self, labels, x_in, *, train: bool = False):
-        """labels (B,) int; x_in (B, L − first_l, Cvae) from `idx_to_var_input`. → logits (B, L, V).
+        """labels (B,) int; x_in (B, ℓ − first_l, Cvae) from `idx_to_var_input`. → logits (B, ℓ, V).
 
-        With `train`, labels are replaced by the null class with probability `cond_drop_rate`
-        (rng stream 'dropout'); the official code does this even in eval, we do it only here.
+        ℓ is the full length L, or the end of a scale for progressive training (the sequence and
+        the mask are cropped). With `train`, labels are replaced by the null class with
+        probability `cond_drop_rate` and blocks are dropped per sample with rates
+        linspace(0, drop_path_rate, depth) (rng stream 'dropout'); the official code drops
+        labels even in eval, we do it only here.
         """
         if train and self.cond_drop_rate > 0:
             drop = jax.random.uniform(self.make_rng("dropout"), labels.shape) < self.cond_drop_rate
@@ -227,9 +241,13 @@ class VAR(nn.Module):
         sos = cond[:, None, :] + self.pos_start
         x = jnp.concatenate([jnp.broadcast_to(sos, (labels.shape[0],) + sos.shape[1:]),
                              self.word_embed(x_in.astype(jnp.float32))], axis=1)
-        x = x + self.lvl_pos()
-        mask = jnp.asarray(block_causal_mask(self.patch_nums))
-        x, _ = self.blocks(x, None, self.block_condition(cond), mask)
+        length = x.shape[1]
+        x = x + self.lvl_pos()[:, :length]
+        mask = jnp.asarray(block_causal_mask(self.patch_nums)[:length, :length])
+        drop_rates = None
+        if train and self.drop_path_rate > 0:
+            drop_rates = jnp.linspace(0.0, self.drop_path_rate, self.depth)
+        x, _ = self.blocks(x, None, self.block_condition(cond), mask, drop_rates)
         return self.logits(x, cond)
 
     # ---- KV-cached inference -----------------------------------------------------------------
@@ -237,5 +255,5 @@ class VAR(nn.Module):
         """Runs every block on one scale's tokens x (B, n, C), attending to `past_kv` (per layer
         k, v of all earlier scales: (depth, B, start, H, hd) each, or None at scale 0).
         Returns (logits (B, n, V), new per-layer (k, v) of these n tokens)."""
-        x, new_kv = self.blocks(x, past_kv, self.block_condition(cond), None)
+        x, new_kv = self.blocks(x, past_kv, self.block_condition(cond), None, None)
         return self.logits(x, cond), new_kv

@@ -323,9 +323,13 @@ class BiGRSampler:
         self.model, self.bae, self.settings = model, bae, settings
         self.place = MeshPlacement(mesh)
         self.mesh = self.place.mesh
+        self.set_params(params, bae_params)
+        self._jitted = {}
+
+    def set_params(self, params, bae_params) -> None:
+        """New weights of the same shapes (e.g. during training): compiled samplers are reused."""
         self.params = self.place.replicate(params)
         self.bae_params = self.place.replicate(bae_params)
-        self._jitted = {}
 
     # ---- helpers ------------------------------------------------------------------------------
     def check_labels(self, labels) -> np.ndarray:

@@ -29,6 +29,12 @@ def make_sampler(config: ml_collections.ConfigDict, mesh):
     """The model's sampler (VARSampler or BiGRSampler) with the config's weights and settings."""
     generator, tokenizer = params.build_models(config)
     gen_params, tok_params = params.load_params(config, generator, tokenizer, mesh)
+    return make_sampler_from_params(config, generator, tokenizer, gen_params, tok_params, mesh)
+
+
+def make_sampler_from_params(config: ml_collections.ConfigDict, generator, tokenizer, gen_params,
+                             tok_params, mesh):
+    """The sampler for models and params already at hand (e.g. the trainer's sample grids)."""
     s = config.sample
     if config.model == "bigr":
         settings = BiGRSamplingSettings(

@@ -190,9 +190,13 @@ class VARSampler:
         self.var, self.vae, self.settings = var, vae, settings
         self.place = MeshPlacement(mesh)
         self.mesh = self.place.mesh
+        self.set_params(var_params, vae_params)
+        self._jitted = {}
+
+    def set_params(self, var_params, vae_params) -> None:
+        """New weights of the same shapes (e.g. during training): compiled samplers are reused."""
         self.var_params = self.place.replicate(var_params)
         self.vae_params = self.place.replicate(vae_params)
-        self._jitted = {}
 
     @property
     def image_size(self) -> int:

@@ -1,0 +1,117 @@
+"""Memory planner: compile a config's train step ahead of time for N (fake) devices on this CPU
+and print what each device would hold.
+
+  python -m bigvar.plan --config=configs/var_d30.py --devices=64
+  python -m bigvar.plan --config=configs/var_d30.py --devices=256 --config.mesh.data=32 \\
+      --config.mesh.fsdp=8 --config.var.dtype=bfloat16 --config.var.remat=True
+
+Nothing is allocated: the train state and batch are abstract (shapes + shardings), and XLA's
+own buffer assignment gives the temporaries (activations, gradients, tokenizer work). Figures are
+for the CPU backend's compilation of the same program; a TPU/GPU compile fuses differently, so
+treat temporaries as an estimate (parameter and optimizer bytes are exact).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
+                                          lock_config=True)
+_DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to plan for (faked on the CPU).")
+_BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0: config.train.batch_size).")
+flags.mark_flags_as_required(["config"])
+
+GIB = 2 ** 30
+
+
+def _per_device_bytes(tree) -> int:
+    """Bytes of a sharded abstract tree on its most loaded device."""
+    import jax
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        n = 1
+        for d in shape:
+            n *= d
+        total += n * leaf.dtype.itemsize
+    return total
+
+
+def plan(config, num_devices: int, global_batch: int = 0) -> dict:
+    """Compiles the train step for `num_devices` and returns per-device byte counts."""
+    import jax
+    import jax.numpy as jnp
+
+    from bigvar import configs, parallel
+    from bigvar.train.generator import Trainer
+
+    configs.validate(config)
+    if len(jax.devices()) < num_devices:
+        raise RuntimeError(f"{len(jax.devices())} devices visible, {num_devices} asked: run "
+                           "`python -m bigvar.plan` as its own process (it fakes the devices)")
+    mesh = parallel.make_mesh(config.mesh, jax.devices()[:num_devices])
+    batch = global_batch or config.train.batch_size
+    trainer = Trainer(config, mesh, dataset_size=1_281_167)
+    state = trainer.abstract_state()
+    tok = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                 trainer.abstract_tokenizer_params(), trainer.tokenizer_sharding)
+    stage = trainer.schedules.stage(trainer.schedules.max_it - 1)[0]
+    started = time.time()
+    lowered = trainer.step_fn(stage).lower(state, tok, trainer.abstract_batch(batch),
+                                           jax.ShapeDtypeStruct((), jnp.float32))
+    compiled = lowered.compile()
+    memory = compiled.memory_analysis()
+    out = {
+        "devices": num_devices, "mesh": dict(mesh.shape), "global_batch": batch,
+        "params": _per_device_bytes(state["params"]),
+        "optimizer": _per_device_bytes(state["opt_state"]),
+        "ema": _per_device_bytes(state["ema"]) if "ema" in state else 0,
+        "tokenizer": _per_device_bytes(tok),
+        "batch": _per_device_bytes(trainer.abstract_batch(batch)),
+        "compile_s": time.time() - started,
+    }
+    if memory is not None:
+        out["temporaries"] = int(memory.temp_size_in_bytes)
+        out["arguments"] = int(memory.argument_size_in_bytes)
+        out["peak_estimate"] = int(memory.argument_size_in_bytes + memory.temp_size_in_bytes)
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    result = plan(config, _DEVICES.value, _BATCH.value)
+    gen = config[config.model]
+    print(f"{config.model} ({'depth ' + str(gen.depth) if config.model == 'var' else str(gen.n_layer) + ' layers'}, "
+          f"dtype {gen.dtype}, remat {gen.remat}) on {result['devices']} devices, mesh "
+          f"{result['mesh']}, global batch {result['global_batch']} "
+          f"({result['global_batch'] // (result['mesh']['data'] * result['mesh']['fsdp'])} per data shard); "
+          f"compiled in {result['compile_s']:.1f} s")
+    print("per device (GiB):")
+    for key in ("params", "optimizer", "ema", "tokenizer", "batch", "temporaries", "peak_estimate"):
+        if key in result:
+            print(f"  {key:<14} {result[key] / GIB:8.3f}")
+    return 0
+
+
+def _fake_devices_from_argv(argv) -> None:
+    """XLA reads the device count once, at backend start: set it before jax touches a device."""
+    n = 8
+    for i, a in enumerate(argv):
+        if a.startswith("--devices="):
+            n = int(a.split("=", 1)[1])
+        elif a == "--devices" and i + 1 < len(argv):
+            n = int(argv[i + 1])
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={n}").strip()
+
+
+if __name__ == "__main__":
+    _fake_devices_from_argv(sys.argv)
+    app.run(main)

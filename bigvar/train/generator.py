@@ -1,0 +1,441 @@
+"""`mode=train` for the generators (VAR and BiGR), read top to bottom:
+
+  1. `Trainer`: models, optimizer, shardings of the train state and the jitted train step —
+     everything that defines the computation (also used by `bigvar.plan` and the benchmark).
+  2. `run`: restore-or-init, the data iterator, the loop (progress bar, JSONL/TensorBoard
+     metrics, sample grids, asynchronous checkpoints, SIGTERM, non-finite loss stop).
+
+The train state is a dict {step, params, opt_state[, ema]}; params are sharded by their logical
+axis names (`config.axis_rules`) on the mesh `config.mesh`, batches over data × fsdp. The step's
+randomness is fold_in(seed, step) and the data iterator's state is checkpointed, so a killed and
+restarted run continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from flax import linen as nn
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from bigvar import checkpoint, configs, parallel, params as params_lib
+from bigvar.train import losses, optim
+from bigvar.train.init import bigr_official_init, var_official_init
+from bigvar.utils import run_init, unbox
+
+
+# ---- schedule arithmetic (host side) ---------------------------------------------------------
+def steps_per_epoch(config: ml_collections.ConfigDict, dataset_size: int) -> int:
+    return max(dataset_size // config.train.batch_size, 1)
+
+
+def total_steps(config: ml_collections.ConfigDict, dataset_size: int) -> int:
+    t = config.train
+    return int(t.steps) if t.steps > 0 else int(t.epochs * steps_per_epoch(config, dataset_size))
+
+
+def peak_lr(config: ml_collections.ConfigDict) -> float:
+    t = config.train
+    return t.lr if t.lr > 0 else t.tblr * t.batch_size / 256
+
+
+class Schedules:
+    """Learning rate, weight decay and progressive-training stage as functions of the step."""
+
+    def __init__(self, config: ml_collections.ConfigDict, dataset_size: int):
+        t = config.train
+        self.max_it = total_steps(config, dataset_size)
+        per_epoch = steps_per_epoch(config, dataset_size)
+        epochs = self.max_it / per_epoch
+        self.wp_it = (t.warmup_epochs or epochs / 50) * per_epoch
+        self.peak = peak_lr(config)
+        self.schedule = f"lin{t.pg:g}" if t.pg > 0 else t.schedule
+        self.wd, self.wd_end = t.twd, (t.twde or t.twd)
+        self.wp0, self.wpe = t.wp0, t.wpe
+        self.num_scales = len(config.var.patch_nums) if config.model == "var" else 1
+        self.pg, self.pg0 = t.pg, t.pg0
+        self.stage_warmup_it = (t.pgwp or epochs / 300) * per_epoch
+
+    def lr(self, it):
+        if self.schedule == "constant":
+            return self.peak + 0.0 * jnp.asarray(it, jnp.float32) if isinstance(it, jax.Array) else self.peak
+        return self.peak * optim.var_lr_ratio(it, schedule=self.schedule, max_it=self.max_it,
+                                              wp_it=self.wp_it, wp0=self.wp0, wpe=self.wpe)
+
+    def weight_decay(self, it):
+        return optim.var_weight_decay(it, max_it=self.max_it, wd=self.wd, wd_end=self.wd_end)
+
+    def stage(self, it: int) -> tuple[int, float]:
+        """(progressive stage, prog_wp) at step `it`; (K − 1, 1.0) without progressive training."""
+        kw = dict(pg=self.pg, pg0=self.pg0, num_scales=self.num_scales, max_it=self.max_it,
+                  wp_it=self.wp_it)
+        if not self.pg:
+            return self.num_scales - 1, 1.0
+        return (optim.progressive_stage(it, **kw),
+                optim.progressive_weight(it, stage_warmup_it=self.stage_warmup_it, **kw))
+
+
+# ---- the computation -------------------------------------------------------------------------
+class Trainer:
+    """Models, optimizer, train-state shardings and the jitted train step of a config."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh, dataset_size: int):
+        self.config, self.mesh = config, mesh
+        self.model = config.model
+        self.generator, self.tokenizer = params_lib.build_models(config)
+        self.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.axis_rules)
+        self.schedules = Schedules(config, dataset_size)
+        t = config.train
+        self.tx = optim.adamw(
+            learning_rate=self.schedules.lr, weight_decay=self.schedules.weight_decay,
+            mask=functools.partial(optim.decay_mask, model=self.model), b1=t.b1, b2=t.b2,
+            eps=t.eps, clip=t.clip)
+        self.loss_fn = functools.partial(
+            losses.var_loss if self.model == "var" else losses.bigr_loss,
+            self.generator, self.tokenizer)
+        self.ema_decay = float(t.ema_decay)
+        self.grad_accum = int(t.grad_accum)
+        self._gen_init, self._tok_init = params_lib._init_fns(self.generator, self.tokenizer)
+        self.state_shardings = self._state_shardings()
+        self.tokenizer_sharding = jax.tree_util.tree_map(
+            lambda _: parallel.replicated(mesh), self.abstract_tokenizer_params())
+        self._steps = {}
+
+    # -- state --
+    def _state_shardings(self):
+        boxed = jax.eval_shape(self._gen_init, jax.random.PRNGKey(0))
+        param_sh = parallel.logical_shardings(boxed, self.mesh, self.rules)
+        abstract_params = unbox(boxed)
+        opt_sh = parallel.shardings_by_path(jax.eval_shape(self.tx.init, abstract_params), param_sh,
+                                            self.mesh)
+        shardings = {"step": parallel.replicated(self.mesh), "params": param_sh, "opt_state": opt_sh}
+        if self.ema_decay > 0:
+            shardings["ema"] = param_sh
+        return shardings
+
+    def abstract_state(self):
+        """The train state as ShapeDtypeStructs carrying their shardings (for restore, planning)."""
+        shapes = jax.eval_shape(self._new_state, jax.random.PRNGKey(0))
+        return jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+            self.state_shardings)
+
+    def abstract_tokenizer_params(self):
+        return unbox(jax.eval_shape(self._tok_init, jax.random.PRNGKey(0)))
+
+    def _official_init(self, gen_params, key):
+        t, c = self.config.train, self.config
+        if not t.official_init:
+            return gen_params
+        if self.model == "var":
+            return var_official_init(gen_params, key, depth=c.var.depth, embed_dim=c.var.embed_dim,
+                                     init_adaln=t.init_adaln, init_adaln_gamma=t.init_adaln_gamma,
+                                     init_head=t.init_head)
+        return bigr_official_init(gen_params, key)
+
+    def _new_state(self, key, gen_params=None):
+        k_init, k_official = jax.random.split(key)
+        if gen_params is None:
+            gen_params = self._official_init(unbox(self._gen_init(k_init)), k_official)
+        state = {"step": jnp.zeros((), jnp.int32), "params": gen_params,
+                 "opt_state": self.tx.init(gen_params)}
+        if self.ema_decay > 0:
+            state["ema"] = jax.tree_util.tree_map(jnp.copy, gen_params)
+        return state
+
+    def init_state(self, seed: int, gen_params=None):
+        """A fresh state, created directly with its shardings (never whole on one device)."""
+        return run_init(self._new_state, jax.random.PRNGKey(seed), gen_params,
+                        out_shardings=self.state_shardings)
+
+    # -- the step --
+    def _grads(self, params, tok_params, batch, rng, stage, prog_wp):
+        loss_fn = lambda p, b, r: self.loss_fn(p, tok_params, b, r, stage=stage, prog_wp=prog_wp,
+                                               label_smoothing=self.config.train.label_smoothing)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if self.grad_accum == 1:
+            (_, metrics), grads = grad_fn(params, batch, rng)
+            return grads, metrics
+        n = self.grad_accum
+        micro = jax.tree_util.tree_map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+        def body(acc, inputs):
+            i, mb = inputs
+            (_, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+            return jax.tree_util.tree_map(jnp.add, acc, (grads, metrics)), None
+
+        zeros = jax.eval_shape(lambda: grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], micro), rng))
+        zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1]))
+        (grads, metrics), _ = jax.lax.scan(body, zero, (jnp.arange(n), micro))
+        return jax.tree_util.tree_map(lambda x: x / n, (grads, metrics))
+
+    def train_step(self, state, tok_params, batch, prog_wp, *, stage: int):
+        step = state["step"]
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), step)
+        with nn.logical_axis_rules(self.rules):
+            grads, metrics = self._grads(state["params"], tok_params, batch, rng, stage, prog_wp)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        new_params = optax.apply_updates(state["params"], updates)
+        new = {"step": step + 1, "params": new_params, "opt_state": opt_state}
+        if self.ema_decay > 0:
+            new["ema"] = optim.ema_update(state["ema"], new_params, self.ema_decay)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        # A non-finite step leaves the state untouched: what the host saves is the last good one.
+        new = jax.lax.cond(finite, lambda: new, lambda: state)
+        metrics.update(grad_norm=grad_norm, finite=finite, lr=self.schedules.lr(step),
+                       wd=self.schedules.weight_decay(step))
+        return new, metrics
+
+    def step_fn(self, stage: int):
+        """The jitted step for a progressive stage (each stage has its own sequence length)."""
+        if stage not in self._steps:
+            batch_sh = parallel.batch_sharding(self.mesh)
+            self._steps[stage] = jax.jit(
+                functools.partial(self.train_step, stage=stage),
+                in_shardings=(self.state_shardings, self.tokenizer_sharding,
+                              {"image": batch_sh, "label": batch_sh}, parallel.replicated(self.mesh)),
+                out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
+                donate_argnums=(0,))
+        return self._steps[stage]
+
+    def image_size(self) -> int:
+        return _image_size(self.config)
+
+    def abstract_batch(self, global_batch: int):
+        sh = parallel.batch_sharding(self.mesh)
+        r = self.image_size()
+        return {"image": jax.ShapeDtypeStruct((global_batch, r, r, 3), jnp.float32, sharding=sh),
+                "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=sh)}
+
+
+# ---- weights in and out ------------------------------------------------------------------------
+def _weights_dir_tokenizer(config) -> str:
+    return config.tokenizer_from or config.init_from
+
+
+def load_tokenizer(config, trainer: Trainer):
+    """The frozen tokenizer: from `tokenizer_from` (or `init_from`), or random for smoke runs."""
+    _, tok_key = params_lib.WEIGHT_KEYS[config.model]
+    source = _weights_dir_tokenizer(config)
+    target = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        trainer.abstract_tokenizer_params(), trainer.tokenizer_sharding)
+    if source:
+        stored = checkpoint.load_config(source)
+        _check_section(config, stored, tok_key, source)
+        return checkpoint.load_weights(source, {tok_key: target}, partial=True)[tok_key]
+    if not config.allow_random_init:
+        raise ValueError(
+            f"training needs a tokenizer: set --config.tokenizer_from=DIR to a weights directory "
+            f"holding `{tok_key}` (from `python -m bigvar.convert` or a tokenizer export), or "
+            "--config.allow_random_init=True to train on a random tokenizer (smoke tests only)")
+    logging.warning("training on a RANDOM tokenizer (config.allow_random_init)")
+    return unbox(run_init(trainer._tok_init, jax.random.PRNGKey(config.seed + 7),
+                          out_shardings=trainer.tokenizer_sharding))
+
+
+def _check_section(config, stored: dict, section: str, source: str, skip=()) -> None:
+    fields = [f for f in configs.ARCH_FIELDS[config.model][section] if f not in skip]
+    diffs = []
+    for f in fields:
+        want, have = config[section][f], stored.get(section, {}).get(f)
+        if isinstance(want, (list, tuple)):
+            want, have = tuple(want), tuple(have or ())
+        if want != have:
+            diffs.append(f"{section}.{f}: config has {want!r}, {source} has {have!r}")
+    if diffs:
+        raise ValueError("the weights do not match the config:\n  " + "\n  ".join(diffs))
+
+
+def load_finetune_params(config, trainer: Trainer):
+    """Generator params from `init_from` for fine-tuning. A different number of classes is
+    allowed: the class-embedding table is then re-initialised (the rest is kept)."""
+    gen_key, _ = params_lib.WEIGHT_KEYS[config.model]
+    stored = checkpoint.load_config(config.init_from)
+    _check_section(config, stored, gen_key, config.init_from, skip=("num_classes",))
+    loaded = checkpoint.load_weights(config.init_from)[gen_key]
+    fresh = trainer._official_init(unbox(trainer._gen_init(jax.random.PRNGKey(config.seed))),
+                                   jax.random.PRNGKey(config.seed + 1))
+    flat_fresh, flat_loaded = flatten_dict(fresh), flatten_dict(loaded)
+    merged = {}
+    for path, new in flat_fresh.items():
+        old = flat_loaded.get(path)
+        if old is None:
+            raise ValueError(f"{config.init_from} has no parameter {'/'.join(path)}")
+        if tuple(old.shape) == tuple(new.shape):
+            merged[path] = jnp.asarray(old)
+        elif "class_emb" in path or "cls_embedding" in path:
+            logging.warning("re-initialising the class embedding %s: %s → %s rows (new number "
+                            "of classes)", "/".join(path), old.shape[0], new.shape[0])
+            merged[path] = new
+        else:
+            raise ValueError(f"{'/'.join(path)}: {config.init_from} has shape {tuple(old.shape)}, "
+                             f"the config needs {tuple(new.shape)}")
+    return unflatten_dict(merged)
+
+
+def export_weights(config, workdir: str, out_dir: str | None = None) -> str:
+    """`mode=export`: the newest checkpoint's generator (its EMA when there is one) and the
+    tokenizer, as a weights directory that `--config.init_from` (mode=sample) loads."""
+    from bigvar.train.checkpoints import Checkpoints
+    mesh = parallel.make_mesh(config.mesh)
+    trainer = Trainer(config, mesh, dataset_size=1)
+    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    restored = ckpts.restore_latest(trainer.abstract_state(), with_data=False)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first "
+                                "(--config.mode=train with the same --workdir)")
+    step, state, _ = restored
+    tok_params = load_tokenizer(config, trainer)
+    gen_key, tok_key = params_lib.WEIGHT_KEYS[config.model]
+    out_dir = out_dir or os.path.join(workdir, "export")
+    weights = {gen_key: state.get("ema", state["params"]), tok_key: tok_params}
+    model_config = {"model": config.model, gen_key: config[gen_key].to_dict(),
+                    tok_key: config[tok_key].to_dict(),
+                    "source": {"workdir": os.path.abspath(workdir), "step": int(step),
+                               "weights": "ema" if "ema" in state else "params"}}
+    checkpoint.save_weights(out_dir, jax.device_get(weights), model_config, overwrite=True)
+    ckpts.close()
+    return out_dir
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _sample_grid(trainer: Trainer, sampler_cache: dict, gen_params, tok_params) -> np.ndarray:
+    """A class-conditional grid from the current weights (EMA when kept), with the config's
+    sampling settings; the sampler is compiled once and reused with new params."""
+    from bigvar.images import make_grid
+    from bigvar.sampling import job
+    config = trainer.config
+    if "sampler" not in sampler_cache:
+        sampler = job.make_sampler_from_params(config, trainer.generator, trainer.tokenizer,
+                                               gen_params, tok_params, trainer.mesh)
+        classes = tuple(config.sample.classes) or tuple(range(trainer.generator.num_classes))
+        labels = np.sort(np.resize(np.asarray(classes, np.int32), config.train.sample_images))
+        sampler_cache.update(sampler=sampler, labels=labels)
+    sampler = sampler_cache["sampler"]
+    sampler.set_params(gen_params, tok_params)
+    images = sampler.generate(sampler_cache["labels"], seed=config.sample.seed).images
+    return make_grid(images, cols=min(config.sample.grid_cols, len(images)))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains until `train.steps`/`train.epochs` are done, or until SIGTERM; resumable."""
+    from bigvar.data import pipeline
+    from bigvar.images import save_png
+    from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
+    from bigvar.train.metric_writer import MetricWriter
+
+    configs.validate(config)
+    t = config.train
+    mesh = parallel.make_mesh(config.mesh)
+    dp = parallel.data_parallel_size(mesh)
+    if t.batch_size % (dp * t.grad_accum) or t.batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size={t.batch_size} must divide by the data-parallel "
+                         f"size {dp} × grad_accum {t.grad_accum} and by the {jax.process_count()} "
+                         "processes")
+    dataset_size = pipeline.dataset_size(config.data, image_size=_image_size(config))
+    trainer = Trainer(config, mesh, dataset_size)
+    steps = trainer.schedules.max_it
+    chief = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    writer = MetricWriter(os.path.join(workdir, "logs"), is_chief=chief)
+    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
+                        async_save=t.async_checkpoints)
+    data_iter = pipeline.make_train_iterator(
+        config.data, image_size=trainer.image_size(), global_batch=t.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    tok_params = load_tokenizer(config, trainer)
+
+    restored = ckpts.restore_latest(trainer.abstract_state())
+    if restored is not None:
+        start, state, data_state = restored
+        pipeline.restore_iterator_state(data_iter, data_state)
+        logging.info("resumed from step %d (%s)", start, ckpts.directory)
+    else:
+        start = 0
+        gen_params = load_finetune_params(config, trainer) if config.init_from else None
+        state = trainer.init_state(config.seed, gen_params)
+    writer.truncate_after(start)
+    if start >= steps:
+        ckpts.close()
+        return {"steps": steps, "checkpoints": ckpts.directory, "status": "already finished"}
+
+    stop = PreemptionFlag()
+    sampler_cache: dict = {}
+    samples_dir = os.path.join(workdir, "samples")
+    pending = None  # the previous step's metrics: read one step late so the host never waits
+
+    def finish_pending():
+        nonlocal pending
+        if pending is None:
+            return
+        step, metrics = pending
+        pending = None
+        metrics = jax.device_get(metrics)
+        if not metrics.pop("finite"):
+            raise NonFiniteLoss(
+                f"the loss or gradient became non-finite at step {step} (loss={metrics['loss']}); "
+                f"training stopped without saving it. The last good checkpoint is kept in "
+                f"{ckpts.directory} (steps {ckpts.steps()}). Try a lower learning rate, "
+                "float32 compute (--config.<model>.dtype=float32) or check the data.")
+        scalars = {k: float(v) for k, v in metrics.items()}
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+        if (step + 1) % t.log_every == 0 or step == start or step + 1 == steps:
+            scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - began, 1e-9)
+            writer.write_scalars(step + 1, scalars)
+
+    bar = tqdm.tqdm(total=steps, initial=start, desc=f"train {config.model}", unit="step",
+                    dynamic_ncols=True, disable=not chief)
+    began = time.time()
+    step = start
+    try:
+        while step < steps:
+            stage, prog_wp = trainer.schedules.stage(step)
+            batch = parallel.global_batch(next(data_iter), mesh)
+            state, metrics = trainer.step_fn(stage)(state, tok_params, batch, jnp.float32(prog_wp))
+            finish_pending()
+            pending = (step, metrics)
+            step += 1
+            bar.update(1)
+            save_now = step % t.checkpoint_every == 0 or step == steps or bool(stop)
+            if save_now:
+                finish_pending()  # never save past a non-finite step
+                ckpts.save(step, state, pipeline.iterator_state(data_iter))
+            if t.sample_every and (step % t.sample_every == 0 or step == steps) and not stop:
+                finish_pending()
+                gen = state.get("ema", state["params"])
+                grid = _sample_grid(trainer, sampler_cache, gen, tok_params)
+                if chief:
+                    save_png(os.path.join(samples_dir, f"step_{step:08d}.png"), grid)
+                    writer.write_images(step, {"samples": grid})
+            if stop:
+                logging.warning("stopped at step %d on request; checkpoint saved", step)
+                break
+        finish_pending()
+    finally:
+        bar.close()
+        ckpts.close()  # waits for the asynchronous save to land
+        writer.close()
+        stop.restore_handlers()
+    return {"steps": step, "checkpoints": ckpts.directory,
+            "metrics": os.path.join(workdir, "logs", "metrics.jsonl"),
+            "samples": samples_dir if os.path.isdir(samples_dir) else "(none)"}
+
+
+def _image_size(config) -> int:
+    return configs.image_size(config) if config.model == "var" else config.bae.img_size
