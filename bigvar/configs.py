@@ -28,6 +28,12 @@ DEFAULT_AXIS_RULES = (
     ("classes", None),
     ("seq", None),
     ("layers", None),
+    # activations
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
 )
 
 
@@ -57,12 +63,16 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
     """`config.data`: where training images come from (read by `bigvar.data.pipeline`)."""
     data = ml_collections.ConfigDict(dict(
         source="procedural",  # procedural | folder | array_record | tfds
-        path="",  # folder: ImageNet-style root (class sub-folders); array_record: file glob
-        tfds_name="", tfds_split="train", tfds_data_dir="",
-        num_classes=10, num_records=10000,  # procedural: the built-in dataset's size
-        transform="var",  # var: shorter side 1.125·R (Lanczos) + random crop; adm: BiGR's crop
+        path="",  # folder: root/<class>/<files> (ImageNet layout); array_record: glob or list
+        tfds_name="", tfds_split="train", tfds_data_dir="",  # a TFDS dataset prepared as array_record
+        num_classes=10,  # classes of the model; labels must be < num_classes
+        num_records=10_000, procedural_seed=0,  # procedural: records per epoch, which images
+        transform="var",  # var: shorter side 1.125·R (Lanczos) + random crop; adm: BiGR's centre crop
         value_range="minus_one_one",  # the tokenizer's input range: minus_one_one | zero_one
-        hflip=False, num_workers=0, prefetch=2,
+        hflip=False,  # random flips for var and procedural; adm always flips (as BiGR)
+        num_workers=0,  # grain worker processes; 0 = decode in this process
+        num_threads=4,  # read/decode threads per process (PIL releases the GIL)
+        prefetch=2,  # batches buffered ahead by a background thread; 0 = none
     ))
     data.update(overrides)
     return data
@@ -173,7 +183,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not (s.top_p == 0 or 0 < s.top_p <= 1):
         _fail("sample.top_p", s.top_p, "a value in (0, 1], or 0 to disable top-p")
     _validate_classes(s, v.num_classes)
+    if config.mode == "train":
+        validate_training(config, v.num_classes)
     return config
+
+
+def validate_training(config: ml_collections.ConfigDict, num_classes: int) -> None:
+    t, d = config.train, config.data
+    if d.num_classes > num_classes:
+        _fail("data.num_classes", d.num_classes,
+              f"at most the model's {num_classes} classes (labels index the class embedding)")
+    if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:
+        _fail("train.batch_size", t.batch_size, f"≥ 1 and a multiple of train.grad_accum={t.grad_accum}")
+    if t.steps <= 0 and t.epochs <= 0:
+        _fail("train.steps", t.steps, "> 0, or train.epochs > 0")
+    for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[field] < 1:
+            _fail(f"train.{field}", t[field], "≥ 1")
+    if not 0 <= t.ema_decay < 1:
+        _fail("train.ema_decay", t.ema_decay, "in [0, 1) (0 = no EMA)")
 
 
 def _validate_classes(s: ml_collections.ConfigDict, num_classes: int) -> None:
@@ -260,6 +288,8 @@ def validate_bigr(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     if not 1 <= s.transcoder_steps <= s.diffusion_steps:
         _fail("sample.transcoder_steps", s.transcoder_steps, f"in [1, {s.diffusion_steps}]")
     _validate_classes(s, g.num_classes)
+    if config.mode == "train":
+        validate_training(config, g.num_classes)
     return config
 
 

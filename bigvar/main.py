@@ -40,10 +40,18 @@ def run(config, workdir: str):
         f"config.mode={config.mode!r} (the FID pipeline) is not available yet; use sample, train or export")
 
 
+class _QuietLibraries(logging.Filter):
+    """orbax narrates every checkpoint step at INFO; keep its warnings, drop the chatter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").addFilter(_QuietLibraries())
     if _MULTIHOST.value:
         import jax
         jax.distributed.initialize()

@@ -14,6 +14,7 @@ def get_config(arg=None):
     config.bigr.update(num_classes=10, dim=128, n_layer=2, n_head=2, denoise_hidden=128, num_block_mlp=2)
     config.bae.update(nf=32, emb_dim=32)
     config.allow_random_init = True
+    config.data.update(source="procedural", num_classes=10)  # the built-in dataset
     config.sample.update(classes=(0, 1, 2, 3), images_per_class=2, batch_size=4, num_iter=4,
                          transcoder_steps=5, grid_cols=4)
     return config

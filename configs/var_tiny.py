@@ -18,6 +18,7 @@ def get_config(arg=None):
         patch_nums=PATCH_NUMS_512 if large else (1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
     config.vae = vae_config(ch=32, vocab_size=256)
     config.allow_random_init = True
+    config.data.update(source="procedural", num_classes=10)  # the built-in dataset
     config.sample.update(classes=(0, 1, 2, 3), images_per_class=2, batch_size=4,
                          top_k=50, top_p=0.95, grid_cols=4)
     return config

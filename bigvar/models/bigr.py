@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar.nn.layers import attention, dense, layer_norm, param
+from bigvar.nn.layers import attention, constrain, dense, layer_norm, param
 
 Dtype = Any
 
@@ -80,7 +80,8 @@ class Attention(nn.Module):
         b, t, d = x.shape
         hd = d // self.n_head
         qkv = dense(3 * d, ("embed", "qkv"), "wqkv", use_bias=False, dtype=self.dtype)(x)
-        q, k, v = (y.reshape(b, t, self.n_head, hd) for y in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (constrain(y.reshape(b, t, self.n_head, hd), ("act_batch", "act_seq", "act_heads", None))
+                   for y in jnp.split(qkv, 3, axis=-1))
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         out = attention(q, k, v, scale=1 / math.sqrt(hd), impl=self.attn_impl)
         return dense(d, ("embed", "embed_out"), "wo", use_bias=False, dtype=self.dtype)(out.reshape(b, t, d))
@@ -96,7 +97,8 @@ class FeedForward(nn.Module):
         d = x.shape[-1]
         w1 = dense(self.hidden, ("embed", "mlp"), "w1", use_bias=False, dtype=self.dtype)
         w3 = dense(self.hidden, ("embed", "mlp"), "w3", use_bias=False, dtype=self.dtype)
-        return dense(d, ("mlp", "embed"), "w2", use_bias=False, dtype=self.dtype)(nn.silu(w1(x)) * w3(x))
+        hidden = constrain(nn.silu(w1(x)) * w3(x), ("act_batch", "act_seq", "act_mlp"))
+        return dense(d, ("mlp", "embed"), "w2", use_bias=False, dtype=self.dtype)(hidden)
 
 
 class TransformerBlock(nn.Module):
@@ -111,6 +113,7 @@ class TransformerBlock(nn.Module):
     @nn.compact
     def __call__(self, h, ada, rope, deterministic: bool):
         d = self.dim
+        h = constrain(h, ("act_batch", "act_seq", "act_embed"))
         ada_gss = param(self, "ada_gss", nn.initializers.normal(1 / math.sqrt(d)), (1, 1, 6, d),
                         (None, None, None, "embed"))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (
@@ -122,7 +125,7 @@ class TransformerBlock(nn.Module):
         x = modulate(RMSNorm(self.norm_eps, name="ffn_norm")(h), shift_m, scale_m)
         out = FeedForward(self.ffn_hidden, self.dtype, name="feed_forward")(x.astype(self.dtype))
         h = h + gate_m * drop(out.astype(jnp.float32))
-        return h, None
+        return constrain(h, ("act_batch", "act_seq", "act_embed")), None
 
 
 def timestep_embedding(t: jax.Array, dim: int = 256, max_period: float = 10000.0) -> jax.Array:

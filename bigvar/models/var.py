@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar.nn.layers import attention, dense, l2_normalize, layer_norm, param
+from bigvar.nn.layers import attention, constrain, dense, l2_normalize, layer_norm, param
+
+ACT = ("act_batch", "act_seq", "act_embed")
 
 Dtype = Any
 _MAX_SCALE_MUL = math.log(100.0)
@@ -53,7 +55,7 @@ class SelfAttention(nn.Module):
         v_bias = param(self, "v_bias", nn.initializers.zeros, (c,), ("embed",))
         qkv = dense(3 * c, ("embed", "qkv"), "mat_qkv", use_bias=False, dtype=self.dtype)(x)
         qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
-        qkv = qkv.reshape(b, t, 3, h, hd)
+        qkv = constrain(qkv.reshape(b, t, 3, h, hd), ("act_batch", "act_seq", None, "act_heads", None))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.attn_l2_norm:
             # Cosine attention with a learned per-head temperature, clamped at 100.
@@ -81,7 +83,7 @@ class FFN(nn.Module):
     def __call__(self, x):
         c = x.shape[-1]
         x = dense(self.hidden, ("embed", "mlp"), "fc1", dtype=self.dtype)(x)
-        x = jax.nn.gelu(x, approximate=True)
+        x = constrain(jax.nn.gelu(x, approximate=True), ("act_batch", "act_seq", "act_mlp"))
         return dense(c, ("mlp", "embed"), "fc2", dtype=self.dtype)(x)
 
 
@@ -110,6 +112,7 @@ class AdaLNSelfAttn(nn.Module):
             ada = ada.reshape(-1, 6, c)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (ada[:, i:i + 1] for i in range(6))
 
+        x = constrain(x, ACT)
         h = layer_norm(x, self.norm_eps) * (1 + scale1) + shift1
         attn_out, new_kv = SelfAttention(c, self.num_heads, self.attn_l2_norm, self.attn_impl,
                                          self.dtype, name="attn")(h.astype(self.dtype), mask, past_kv)
@@ -117,7 +120,7 @@ class AdaLNSelfAttn(nn.Module):
         h = layer_norm(x, self.norm_eps) * (1 + scale2) + shift2
         ffn_out = FFN(round(c * self.mlp_ratio), self.dtype, name="ffn")(h.astype(self.dtype))
         x = x + self.drop_path(ffn_out.astype(jnp.float32) * gamma2, drop_rate)
-        return x, new_kv
+        return constrain(x, ACT), new_kv
 
     def drop_path(self, branch, rate):
         """timm's DropPath: zero a sample's whole branch w.p. `rate`, rescale the rest by

@@ -36,6 +36,13 @@ def param(module: nn.Module, name: str, init, shape: Sequence[int], axes: tuple[
     return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), jnp.float32)
 
 
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Pins an activation's sharding by logical names (`act_batch`, `act_embed`, ...). A no-op
+    without axis rules (inference, tests on one device); under the trainer's rules it keeps the
+    batch split over data × fsdp, where GSPMD alone may follow the FSDP-sharded weights instead."""
+    return nn.with_logical_constraint(x, names)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """`F.normalize(x, dim=-1)`: x / max(‖x‖₂, eps)."""
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))

@@ -13,6 +13,7 @@ restarted run continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -182,9 +183,9 @@ class Trainer:
     def train_step(self, state, tok_params, batch, prog_wp, *, stage: int):
         step = state["step"]
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), step)
-        with nn.logical_axis_rules(self.rules):
+        with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), nn.logical_axis_rules(self.rules):
             grads, metrics = self._grads(state["params"], tok_params, batch, rng, stage, prog_wp)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         new_params = optax.apply_updates(state["params"], updates)
         new = {"step": step + 1, "params": new_params, "opt_state": opt_state}
@@ -335,7 +336,7 @@ def _sample_grid(trainer: Trainer, sampler_cache: dict, gen_params, tok_params) 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains until `train.steps`/`train.epochs` are done, or until SIGTERM; resumable."""
-    from bigvar.data import pipeline
+    from bigvar import data as data_lib
     from bigvar.images import save_png
     from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
     from bigvar.train.metric_writer import MetricWriter
@@ -348,7 +349,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ValueError(f"config.train.batch_size={t.batch_size} must divide by the data-parallel "
                          f"size {dp} × grad_accum {t.grad_accum} and by the {jax.process_count()} "
                          "processes")
-    dataset_size = pipeline.dataset_size(config.data, image_size=_image_size(config))
+    dataset_size = len(data_lib.make_source(config.data, _image_size(config)))
     trainer = Trainer(config, mesh, dataset_size)
     steps = trainer.schedules.max_it
     chief = jax.process_index() == 0
@@ -356,7 +357,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = MetricWriter(os.path.join(workdir, "logs"), is_chief=chief)
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
                         async_save=t.async_checkpoints)
-    data_iter = pipeline.make_train_iterator(
+    data_iter = data_lib.make_train_iterator(
         config.data, image_size=trainer.image_size(), global_batch=t.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count())
     tok_params = load_tokenizer(config, trainer)
@@ -364,7 +365,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     restored = ckpts.restore_latest(trainer.abstract_state())
     if restored is not None:
         start, state, data_state = restored
-        pipeline.restore_iterator_state(data_iter, data_state)
+        data_lib.restore_iterator_state(data_iter, json.dumps(data_state).encode())
         logging.info("resumed from step %d (%s)", start, ckpts.directory)
     else:
         start = 0
@@ -394,6 +395,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 f"{ckpts.directory} (steps {ckpts.steps()}). Try a lower learning rate, "
                 "float32 compute (--config.<model>.dtype=float32) or check the data.")
         scalars = {k: float(v) for k, v in metrics.items()}
+        scalars["skipped_images"] = data_lib.skipped_count(data_iter)
         bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
         if (step + 1) % t.log_every == 0 or step == start or step + 1 == steps:
             scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - began, 1e-9)
@@ -415,12 +417,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             save_now = step % t.checkpoint_every == 0 or step == steps or bool(stop)
             if save_now:
                 finish_pending()  # never save past a non-finite step
-                ckpts.save(step, state, pipeline.iterator_state(data_iter))
+                ckpts.save(step, state, json.loads(data_lib.iterator_state_to_bytes(data_iter)))
             if t.sample_every and (step % t.sample_every == 0 or step == steps) and not stop:
                 finish_pending()
                 gen = state.get("ema", state["params"])
                 grid = _sample_grid(trainer, sampler_cache, gen, tok_params)
                 if chief:
+                    os.makedirs(samples_dir, exist_ok=True)
                     save_png(os.path.join(samples_dir, f"step_{step:08d}.png"), grid)
                     writer.write_images(step, {"samples": grid})
             if stop:
@@ -429,6 +432,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         finish_pending()
     finally:
         bar.close()
+        getattr(data_iter, "close", lambda: None)()
         ckpts.close()  # waits for the asynchronous save to land
         writer.close()
         stop.restore_handlers()

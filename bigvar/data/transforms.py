@@ -1,0 +1,175 @@
+"""Per-example image transforms: decode, the official VAR and BiGR (ADM) crops, value ranges.
+
+Pure numpy/PIL functions; every random choice comes from the `np.random.Generator` passed in,
+so an example's augmentation is a function of that generator's seed only.
+
+- VAR (FoundationVision/VAR `utils/data.py`): resize the shorter side to round(1.125·R) with
+  LANCZOS (the longer side to int(mid·long/short), torchvision's `Resize(int)` rule), then a
+  random R×R crop for training or torchvision's `CenterCrop` for validation; optional hflip
+  (off in every official recipe). Output range [−1, 1].
+- ADM / BiGR (`center_crop_arr` of guided-diffusion): halve with BOX while the shorter side is
+  ≥ 2R, BICUBIC-resize the shorter side to R, centre-crop, then flip with p = 0.5.
+  Output range [0, 1].
+"""
+from __future__ import annotations
+
+import io
+import warnings
+import functools
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+VALUE_RANGES = {"minus_one_one": (-1.0, 1.0), "zero_one": (0.0, 1.0)}
+TRANSFORMS = ("var", "adm")
+
+def decode(example: dict) -> np.ndarray | None:
+    """uint8 (H, W, 3) RGB from an example's "image" array or "image_bytes"; None if unreadable.
+
+    Unreadable = empty, truncated, corrupt or not an image: the pipeline skips such records.
+    """
+    return try_decode(example)[0]
+
+
+def try_decode(example: dict) -> tuple[np.ndarray | None, str | None]:
+    """Like `decode`, but also returns why an image could not be read (None when it could)."""
+    if "image" in example:
+        image = np.asarray(example["image"])
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 (H, W, 3) image array, got {image.dtype} "
+                             f"{image.shape} (record {example.get('path', '?')})")
+        if image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
+        return image[..., :3], None
+    data = example.get("image_bytes")
+    if data is None:
+        raise ValueError(f"example has neither 'image' nor 'image_bytes': keys {sorted(example)}")
+    if len(data) == 0:
+        return None, example.get("read_error", "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. palette-with-transparency notices
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()  # decode now: a truncated file fails here, not later
+                return np.asarray(img.convert("RGB"), np.uint8), None
+    except Exception as e:  # noqa: BLE001 — PIL's ~40 format plugins raise OSError, ValueError,
+        # SyntaxError, struct.error, IndexError, DecompressionBombError… on malformed input;
+        # whatever the type, these bytes are not a usable image.
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.asarray(image, np.uint8), "RGB")
+
+
+def var_resize(image: np.ndarray, image_size: int) -> np.ndarray:
+    """Shorter side → round(1.125·R) with LANCZOS; longer side as torchvision's Resize(int)."""
+    mid = round(1.125 * image_size)
+    h, w = image.shape[:2]
+    short, long = min(h, w), max(h, w)
+    new_long = int(mid * long / short)  # torchvision truncates, it does not round
+    new_w, new_h = (mid, new_long) if w <= h else (new_long, mid)
+    if (new_w, new_h) == (w, h):
+        return image
+    return np.asarray(_pil(image).resize((new_w, new_h), Image.LANCZOS))
+
+
+def var_train(image: np.ndarray, image_size: int, rng: np.random.Generator,
+              hflip: bool = False) -> np.ndarray:
+    """VAR training crop: var_resize, uniform random R×R crop, optional horizontal flip."""
+    image = var_resize(image, image_size)
+    h, w = image.shape[:2]
+    top = int(rng.integers(0, h - image_size + 1))
+    left = int(rng.integers(0, w - image_size + 1))
+    out = image[top:top + image_size, left:left + image_size]
+    if hflip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def var_val(image: np.ndarray, image_size: int) -> np.ndarray:
+    """VAR validation crop: var_resize, then torchvision's CenterCrop (offsets rounded)."""
+    image = var_resize(image, image_size)
+    h, w = image.shape[:2]
+    top = int(round((h - image_size) / 2.0))
+    left = int(round((w - image_size) / 2.0))
+    return np.ascontiguousarray(image[top:top + image_size, left:left + image_size])
+
+
+def adm_center_crop(image: np.ndarray, image_size: int) -> np.ndarray:
+    """guided-diffusion's `center_crop_arr`: BOX-halve while short ≥ 2R, BICUBIC to R, crop."""
+    img = _pil(image)
+    while min(img.size) >= 2 * image_size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = image_size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    arr = np.asarray(img)
+    top = (arr.shape[0] - image_size) // 2
+    left = (arr.shape[1] - image_size) // 2
+    return np.ascontiguousarray(arr[top:top + image_size, left:left + image_size])
+
+
+def adm_train(image: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
+    """BiGR training view: ADM centre crop, then a horizontal flip with p = 0.5."""
+    out = adm_center_crop(image, image_size)
+    if rng.random() < 0.5:
+        out = np.ascontiguousarray(out[:, ::-1])
+    return out
+
+
+def resolve_value_range(value_range: str | tuple[float, float]) -> tuple[float, float]:
+    if isinstance(value_range, str):
+        if value_range not in VALUE_RANGES:
+            raise ValueError(f"value_range={value_range!r} is unknown; use one of "
+                             f"{sorted(VALUE_RANGES)} or a (low, high) tuple")
+        return VALUE_RANGES[value_range]
+    lo, hi = (float(v) for v in value_range)
+    if not lo < hi:
+        raise ValueError(f"value_range={value_range!r}: need low < high")
+    return lo, hi
+
+
+def to_float(images: np.ndarray, value_range: str | tuple[float, float]) -> np.ndarray:
+    """uint8 images (any leading shape) → float32 with 0 ↦ low and 255 ↦ high."""
+    lo, hi = resolve_value_range(value_range)
+    out = np.asarray(images, np.float32) * np.float32((hi - lo) / 255.0)
+    if lo != 0.0:
+        out += np.float32(lo)
+    return out
+
+
+def make_image_transform(kind: str, image_size: int, *, hflip: bool = False,
+                         train: bool = True
+                         ) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """(decoded uint8 image, rng) → uint8 (R, R, 3) for transform `kind` ("var" | "adm").
+
+    "adm" always flips at random during training (BiGR's recipe), so `hflip` only affects "var".
+    """
+    if kind not in TRANSFORMS:
+        raise ValueError(f"transform={kind!r} is unknown; use one of {list(TRANSFORMS)}")
+    if image_size < 1:
+        raise ValueError(f"image_size={image_size} must be positive")
+    # functools.partial, not lambdas: the transform is pickled into grain's worker processes.
+    if kind == "var":
+        if train:
+            return functools.partial(_call_var_train, image_size=image_size, hflip=hflip)
+        return functools.partial(_ignore_rng, fn=var_val, image_size=image_size)
+    if train:
+        return functools.partial(_call_adm_train, image_size=image_size)
+    return functools.partial(_ignore_rng, fn=adm_center_crop, image_size=image_size)
+
+
+def _call_var_train(image, rng, *, image_size, hflip):
+    return var_train(image, image_size, rng, hflip=hflip)
+
+
+def _call_adm_train(image, rng, *, image_size):
+    return adm_train(image, image_size, rng)
+
+
+def _ignore_rng(image, rng, *, fn, image_size):
+    del rng  # deterministic (validation) transform
+    return fn(image, image_size)
