@@ -104,7 +104,7 @@ def var_model_config(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_N
         mlp_ratio=4.0, num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=True,
         patch_nums=tuple(patch_nums), norm_eps=1e-6, cond_drop_rate=0.1,
         drop_path_rate=0.1 * depth / 24,  # training only (stochastic depth)
-        attn_impl="xla", remat=False, dtype="float32",
+        attn_impl="xla", remat=False, remat_policy="nothing_saveable", dtype="float32",
     ))
 
 
@@ -170,6 +170,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("var.attn_impl", v.attn_impl, "'xla' or 'cudnn' (GPU only)")
     if v.dtype not in ("float32", "bfloat16"):
         _fail("var.dtype", v.dtype, "'float32' or 'bfloat16'")
+    _validate_remat(v, "var")
     if v.attn_impl == "cudnn" and v.dtype != "bfloat16":
         _fail("var.attn_impl", v.attn_impl, "'xla' with float32: cuDNN attention needs "
               "--config.var.dtype=bfloat16")
@@ -202,6 +203,13 @@ def validate_training(config: ml_collections.ConfigDict, num_classes: int) -> No
             _fail(f"train.{field}", t[field], "≥ 1")
     if not 0 <= t.ema_decay < 1:
         _fail("train.ema_decay", t.ema_decay, "in [0, 1) (0 = no EMA)")
+
+
+def _validate_remat(section: ml_collections.ConfigDict, name: str) -> None:
+    import jax
+    if not hasattr(jax.checkpoint_policies, section.remat_policy):
+        options = sorted(p for p in dir(jax.checkpoint_policies) if not p.startswith("_"))
+        _fail(f"{name}.remat_policy", section.remat_policy, f"one of jax.checkpoint_policies: {options}")
 
 
 def _validate_classes(s: ml_collections.ConfigDict, num_classes: int) -> None:
@@ -238,7 +246,8 @@ def bigr_config(size: str, *, binary_size: int, arg: str | None = None) -> ml_co
     config.bigr = ml_collections.ConfigDict(dict(
         binary_size=binary_size, num_classes=1000, dim=dim, n_layer=layers, n_head=heads,
         seq_len=(img // 16) ** 2, denoise_hidden=hidden, num_block_mlp=blocks, norm_eps=1e-5,
-        class_dropout=0.1, dropout=0.1, attn_impl="xla", remat=False, dtype="float32"))
+        class_dropout=0.1, dropout=0.1, attn_impl="xla", remat=False,
+        remat_policy="nothing_saveable", dtype="float32"))
     config.bae = ml_collections.ConfigDict(dict(
         codebook_size=binary_size, nf=128, emb_dim=256, ch_mult=(1, 1, 2, 2, 4), res_blocks=2,
         attn_resolutions=(16,), img_size=img, norm_first=True))
@@ -277,6 +286,7 @@ def validate_bigr(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         _fail("bigr.seq_len", g.seq_len, f"the B-AE's token count {grid}×{grid} = {grid * grid}")
     if g.attn_impl not in ("xla", "cudnn"):
         _fail("bigr.attn_impl", g.attn_impl, "'xla' or 'cudnn' (GPU only)")
+    _validate_remat(g, "bigr")
     if b.nf % 32:
         _fail("bae.nf", b.nf, "a multiple of 32 (GroupNorm uses 32 groups)")
     if s.num_iter < 1:
@@ -299,7 +309,8 @@ def build_bigr(config: ml_collections.ConfigDict):
     return BiGR(binary_size=g.binary_size, num_classes=g.num_classes, dim=g.dim, n_layer=g.n_layer,
                 n_head=g.n_head, seq_len=g.seq_len, denoise_hidden=g.denoise_hidden,
                 num_block_mlp=g.num_block_mlp, norm_eps=g.norm_eps, class_dropout=g.class_dropout,
-                dropout=g.dropout, attn_impl=g.attn_impl, remat=g.remat, dtype=jnp.dtype(g.dtype))
+                dropout=g.dropout, attn_impl=g.attn_impl, remat=g.remat,
+                remat_policy=g.remat_policy, dtype=jnp.dtype(g.dtype))
 
 
 def build_bae(config: ml_collections.ConfigDict):
@@ -327,11 +338,15 @@ ARCH_FIELDS = {  # per model: the config fields that must match a checkpoint
 }
 
 
-def check_architecture(config: ml_collections.ConfigDict, stored: dict, source: str) -> None:
-    """The config's model sections must describe the stored model (`source` names it)."""
+def check_architecture(config: ml_collections.ConfigDict, stored: dict, source: str,
+                       sections=None, skip=()) -> None:
+    """The config's model sections (all, or `sections`) must describe the stored model (`source`
+    names it); fields in `skip` may differ (e.g. num_classes when fine-tuning)."""
     diffs = []
     for section, fields in ARCH_FIELDS[config.model].items():
-        for field in fields:
+        if sections is not None and section not in sections:
+            continue
+        for field in (f for f in fields if f not in skip):
             want, have = config[section][field], stored.get(section, {}).get(field)
             if isinstance(want, (list, tuple)):
                 want, have = tuple(want), tuple(have or ())
@@ -367,4 +382,4 @@ def build_var(config: ml_collections.ConfigDict):
         depth=v.depth, embed_dim=v.embed_dim, num_heads=v.num_heads, mlp_ratio=v.mlp_ratio,
         patch_nums=tuple(v.patch_nums), shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
         norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, drop_path_rate=v.drop_path_rate,
-        attn_impl=v.attn_impl, remat=v.remat, dtype=jnp.dtype(v.dtype))
+        attn_impl=v.attn_impl, remat=v.remat, remat_policy=v.remat_policy, dtype=jnp.dtype(v.dtype))

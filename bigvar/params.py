@@ -24,7 +24,7 @@ def build_models(config: ml_collections.ConfigDict):
     return configs.build_var(config), configs.build_vae(config)
 
 
-def _init_fns(generator, tokenizer):
+def init_fns(generator, tokenizer):
     """(generator init, tokenizer init) as functions of a key, on dummy inputs: parameters do not
     depend on batch or image size, so the tokenizer sees one downsample×downsample image."""
     tiny_image = jnp.zeros((1, tokenizer.downsample, tokenizer.downsample, 3))
@@ -43,7 +43,7 @@ def _init_fns(generator, tokenizer):
 
 def init_params(generator, tokenizer, seed: int):
     """Random (generator params, tokenizer params), unboxed."""
-    gen_init, tok_init = _init_fns(generator, tokenizer)
+    gen_init, tok_init = init_fns(generator, tokenizer)
     tok = run_init(tok_init, jax.random.PRNGKey(seed))
     gen = run_init(gen_init, jax.random.PRNGKey(seed + 1))
     return unbox(gen), unbox(tok)
@@ -51,7 +51,7 @@ def init_params(generator, tokenizer, seed: int):
 
 def param_shapes(generator, tokenizer):
     """(generator, tokenizer) params as ShapeDtypeStructs."""
-    gen_init, tok_init = _init_fns(generator, tokenizer)
+    gen_init, tok_init = init_fns(generator, tokenizer)
     key = jax.random.PRNGKey(0)
     return unbox(jax.eval_shape(gen_init, key)), unbox(jax.eval_shape(tok_init, key))
 

@@ -22,7 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_config(model: str, **train):
     """64-px tiny models: VAR patch_nums (1, 2, 3, 4), BiGR 4×4 tokens."""
-    from ml_collections import config_flags  # noqa: F401  (config files import it)
     import importlib.util
     path = os.path.join(ROOT, "configs", "var_tiny.py" if model == "var" else "bigr_tiny.py")
     spec = importlib.util.spec_from_file_location("tiny_config", path)
@@ -179,10 +178,15 @@ def test_killed_run_resumes_to_the_same_params_and_metrics(tmp_path):
     proc = _train(tmp_path / "killed", wait=False)
     metrics = tmp_path / "killed" / "logs" / "metrics.jsonl"
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(json.loads(l)["step"] >= kill_at for l in metrics.read_text().splitlines() if l.strip()):
-            break
-        time.sleep(0.05)
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+
+    def reached():  # the kill step is logged and a checkpoint is complete (a later may be in flight)
+        done = ckpt_dir.exists() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        return done and any(json.loads(l)["step"] >= kill_at for l in lines if l.strip())
+
+    while time.time() < deadline and proc.poll() is None and not reached():
+        time.sleep(0.02)
     assert proc.poll() is None, f"the run ended before step {kill_at}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -195,3 +199,102 @@ def test_killed_run_resumes_to_the_same_params_and_metrics(tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(state_a), jax.tree_util.tree_leaves(state_b)):
         np.testing.assert_array_equal(a, b, err_msg=f"killed at step {kill_at}")
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "killed"), f"killed at step {kill_at}"
+
+
+def _config_for_run(model, **train):
+    config = tiny_config(model, **train)
+    config.mode = "train"
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained_bigr(tmp_path_factory):
+    """A tiny BiGR trained 3 steps in-process (EMA kept), then exported."""
+    from bigvar.train import generator
+    workdir = tmp_path_factory.mktemp("bigr_run")
+    config = _config_for_run("bigr", steps=3, lr=1e-3, ema_decay=0.5, sample_every=3)
+    summary = generator.run(config, str(workdir))
+    assert summary["steps"] == 3
+    return config, workdir
+
+
+@pytest.mark.slow
+def test_bigr_run_writes_logs_grid_and_exports_the_ema_for_sampling(trained_bigr, tmp_path):
+    from bigvar.main import run as main_run
+    from bigvar.train.metric_writer import read_events, read_jsonl
+    config, workdir = trained_bigr
+    assert os.path.exists(workdir / "samples" / "step_00000003.png")
+    rows = read_jsonl(str(workdir / "logs"))
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    events = read_events(str(workdir / "logs"))
+    assert any("loss" in e["scalars"] for e in events) and any("samples" in e["images"] for e in events)
+
+    export = config.copy_and_resolve_references()
+    export.mode = "export"
+    out = main_run(export, str(workdir))["exported"]
+    trainer = Trainer(config, parallel.make_mesh({"data": -1}), dataset_size=64)
+    _, state, _ = Checkpoints(str(workdir / "checkpoints")).restore_latest(trainer.abstract_state())
+    exported = checkpoint.load_weights(out)
+    for a, b in zip(jax.tree_util.tree_leaves(state["ema"]), jax.tree_util.tree_leaves(exported["bigr"])):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree_util.tree_leaves(state["ema"]), jax.tree_util.tree_leaves(state["params"])))
+
+    sample = config.copy_and_resolve_references()
+    sample.update(mode="sample", init_from=out, allow_random_init=False)
+    summary = main_run(sample, str(tmp_path))
+    with np.load(os.path.join(tmp_path, "samples", "samples.npz")) as f:
+        assert f["arr_0"].shape == (2, 64, 64, 3)
+    assert summary
+
+
+@pytest.mark.slow
+def test_finetune_with_a_new_number_of_classes_keeps_everything_but_the_class_table(trained_bigr):
+    from bigvar.main import run as main_run
+    from bigvar.train.generator import load_finetune_params
+    config, workdir = trained_bigr
+    export = config.copy_and_resolve_references()
+    export.mode = "export"
+    out = main_run(export, str(workdir))["exported"]
+    tuned = config.copy_and_resolve_references()
+    tuned.update(init_from=out)
+    tuned.bigr.num_classes = 4
+    tuned.data.num_classes = 4
+    trainer = Trainer(tuned, parallel.make_mesh({"data": -1}), dataset_size=64)
+    params = load_finetune_params(tuned, trainer)
+    stored = checkpoint.load_weights(out)["bigr"]
+    table = params["params"]["cls_embedding"]["embedding_table"]["embedding"]
+    assert table.shape == (5, stored["params"]["cls_embedding"]["embedding_table"]["embedding"].shape[1])
+    np.testing.assert_array_equal(params["params"]["layers"]["attention"]["wqkv"]["kernel"],
+                                  stored["params"]["layers"]["attention"]["wqkv"]["kernel"])
+    tuned.bigr.n_layer = 3  # an architecture change is an error naming the field
+    with pytest.raises(ValueError, match="n_layer"):
+        load_finetune_params(tuned, Trainer(tuned, parallel.make_mesh({"data": -1}), 64))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    from bigvar.train import generator
+    config = _config_for_run("var", steps=6, lr=1e12, checkpoint_every=1, clip=0.0)
+    with pytest.raises(generator.NonFiniteLoss, match="non-finite at step") as err:
+        generator.run(config, str(tmp_path))
+    good = Checkpoints(str(tmp_path / "checkpoints")).steps()
+    assert good and max(good) < 6, err.value
+    trainer = Trainer(config, parallel.make_mesh({"data": -1}), dataset_size=64)
+    _, state, _ = Checkpoints(str(tmp_path / "checkpoints")).restore_latest(trainer.abstract_state())
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state["params"]))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    proc = _train(tmp_path, "--config.train.steps=1000", "--config.train.checkpoint_every=500",
+                  wait=False)
+    metrics = tmp_path / "logs" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    steps = Checkpoints(str(tmp_path / "checkpoints")).steps()
+    assert len(steps) == 1 and 3 <= steps[0] < 500, (steps, out[-2000:])

@@ -228,6 +228,7 @@ class BiGR(nn.Module):
     dropout: float = 0.1
     attn_impl: str = "xla"
     remat: bool = False
+    remat_policy: str = "nothing_saveable"  # a name in jax.checkpoint_policies
     dtype: Dtype = jnp.float32
 
     @property
@@ -301,7 +302,8 @@ def layer_stack(model: BiGR, length: int) -> nn.Module:
     """The scanned block stack (`layers`, params stacked on a leading axis) of `length` layers."""
     block = TransformerBlock
     if model.remat:
-        block = nn.remat(block, prevent_cse=False, static_argnums=(4,))
+        block = nn.remat(block, prevent_cse=False, static_argnums=(4,),
+                         policy=getattr(jax.checkpoint_policies, model.remat_policy))
     return nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=length,

@@ -162,6 +162,7 @@ class VAR(nn.Module):
     drop_path_rate: float = 0.0
     attn_impl: str = "xla"
     remat: bool = False
+    remat_policy: str = "nothing_saveable"  # a name in jax.checkpoint_policies
     dtype: Dtype = jnp.float32
 
     @property
@@ -190,7 +191,8 @@ class VAR(nn.Module):
             self.shared_ada_lin = dense(6 * c, ("embed", "adaln"), std=std)
         block = AdaLNSelfAttn
         if self.remat:
-            block = nn.remat(block, prevent_cse=False)
+            block = nn.remat(block, prevent_cse=False,
+                             policy=getattr(jax.checkpoint_policies, self.remat_policy))
         self.blocks = nn.scan(
             block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(0, nn.broadcast, nn.broadcast, 0), length=self.depth,

@@ -15,10 +15,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +67,7 @@ class Schedules:
 
     def lr(self, it):
         if self.schedule == "constant":
-            return self.peak + 0.0 * jnp.asarray(it, jnp.float32) if isinstance(it, jax.Array) else self.peak
+            return jnp.float32(self.peak) if isinstance(it, jax.Array) else self.peak
         return self.peak * optim.var_lr_ratio(it, schedule=self.schedule, max_it=self.max_it,
                                               wp_it=self.wp_it, wp0=self.wp0, wpe=self.wpe)
 
@@ -106,7 +104,7 @@ class Trainer:
             self.generator, self.tokenizer)
         self.ema_decay = float(t.ema_decay)
         self.grad_accum = int(t.grad_accum)
-        self._gen_init, self._tok_init = params_lib._init_fns(self.generator, self.tokenizer)
+        self._gen_init, self._tok_init = params_lib.init_fns(self.generator, self.tokenizer)
         self.state_shardings = self._state_shardings()
         self.tokenizer_sharding = jax.tree_util.tree_map(
             lambda _: parallel.replicated(mesh), self.abstract_tokenizer_params())
@@ -234,7 +232,8 @@ def load_tokenizer(config, trainer: Trainer):
         trainer.abstract_tokenizer_params(), trainer.tokenizer_sharding)
     if source:
         stored = checkpoint.load_config(source)
-        _check_section(config, stored, tok_key, source)
+        flag = "tokenizer_from" if config.tokenizer_from else "init_from"
+        configs.check_architecture(config, stored, f"--config.{flag}={source}", (tok_key,))
         return checkpoint.load_weights(source, {tok_key: target}, partial=True)[tok_key]
     if not config.allow_random_init:
         raise ValueError(
@@ -246,25 +245,13 @@ def load_tokenizer(config, trainer: Trainer):
                           out_shardings=trainer.tokenizer_sharding))
 
 
-def _check_section(config, stored: dict, section: str, source: str, skip=()) -> None:
-    fields = [f for f in configs.ARCH_FIELDS[config.model][section] if f not in skip]
-    diffs = []
-    for f in fields:
-        want, have = config[section][f], stored.get(section, {}).get(f)
-        if isinstance(want, (list, tuple)):
-            want, have = tuple(want), tuple(have or ())
-        if want != have:
-            diffs.append(f"{section}.{f}: config has {want!r}, {source} has {have!r}")
-    if diffs:
-        raise ValueError("the weights do not match the config:\n  " + "\n  ".join(diffs))
-
-
 def load_finetune_params(config, trainer: Trainer):
     """Generator params from `init_from` for fine-tuning. A different number of classes is
     allowed: the class-embedding table is then re-initialised (the rest is kept)."""
     gen_key, _ = params_lib.WEIGHT_KEYS[config.model]
     stored = checkpoint.load_config(config.init_from)
-    _check_section(config, stored, gen_key, config.init_from, skip=("num_classes",))
+    configs.check_architecture(config, stored, f"--config.init_from={config.init_from}", (gen_key,),
+                               skip=("num_classes",))
     loaded = checkpoint.load_weights(config.init_from)[gen_key]
     fresh = trainer._official_init(unbox(trainer._gen_init(jax.random.PRNGKey(config.seed))),
                                    jax.random.PRNGKey(config.seed + 1))
@@ -334,6 +321,29 @@ def _sample_grid(trainer: Trainer, sampler_cache: dict, gen_params, tok_params) 
     return make_grid(images, cols=min(config.sample.grid_cols, len(images)))
 
 
+class MetricWindow:
+    """Means of the per-step metrics over each logging window. Its sums are saved with every
+    checkpoint, so a resumed run logs exactly what an uninterrupted one would."""
+
+    def __init__(self, state: dict | None = None):
+        state = state or {}
+        self.sums: dict[str, float] = dict(state.get("sums", {}))
+        self.count: int = int(state.get("count", 0))
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def pop_means(self) -> dict[str, float]:
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "count": self.count}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains until `train.steps`/`train.epochs` are done, or until SIGTERM; resumable."""
     from bigvar import data as data_lib
@@ -364,13 +374,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     restored = ckpts.restore_latest(trainer.abstract_state())
     if restored is not None:
-        start, state, data_state = restored
-        data_lib.restore_iterator_state(data_iter, json.dumps(data_state).encode())
+        start, state, host_state = restored
+        data_lib.restore_iterator_state(data_iter, json.dumps(host_state["iterator"]).encode())
+        window = MetricWindow(host_state.get("metrics"))
         logging.info("resumed from step %d (%s)", start, ckpts.directory)
     else:
         start = 0
         gen_params = load_finetune_params(config, trainer) if config.init_from else None
         state = trainer.init_state(config.seed, gen_params)
+        window = MetricWindow()
     writer.truncate_after(start)
     if start >= steps:
         ckpts.close()
@@ -394,10 +406,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 f"training stopped without saving it. The last good checkpoint is kept in "
                 f"{ckpts.directory} (steps {ckpts.steps()}). Try a lower learning rate, "
                 "float32 compute (--config.<model>.dtype=float32) or check the data.")
-        scalars = {k: float(v) for k, v in metrics.items()}
-        scalars["skipped_images"] = data_lib.skipped_count(data_iter)
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
-        if (step + 1) % t.log_every == 0 or step == start or step + 1 == steps:
+        window.add(metrics)
+        bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+        if (step + 1) % t.log_every == 0 or step == 0 or step + 1 == steps:
+            scalars = window.pop_means()  # means over the steps since the last log line
+            scalars["skipped_images"] = data_lib.skipped_count(data_iter)
             scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - began, 1e-9)
             writer.write_scalars(step + 1, scalars)
 
@@ -417,7 +430,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             save_now = step % t.checkpoint_every == 0 or step == steps or bool(stop)
             if save_now:
                 finish_pending()  # never save past a non-finite step
-                ckpts.save(step, state, json.loads(data_lib.iterator_state_to_bytes(data_iter)))
+                ckpts.save(step, state, {
+                    "iterator": json.loads(data_lib.iterator_state_to_bytes(data_iter)),
+                    "metrics": window.state()})
             if t.sample_every and (step % t.sample_every == 0 or step == steps) and not stop:
                 finish_pending()
                 gen = state.get("ema", state["params"])
