@@ -298,3 +298,21 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     steps = Checkpoints(str(tmp_path / "checkpoints")).steps()
     assert len(steps) == 1 and 3 <= steps[0] < 500, (steps, out[-2000:])
+
+
+def test_progressive_training_steps_a_cropped_sequence_with_the_ramped_weight():
+    """With pg > 0 the early stages train a shorter sequence (their own compiled step) and the
+    schedule switches to lin{pg}; the full stage logs Lt/Acct again."""
+    config = tiny_config("var", steps=40, pg=0.5, pg0=1, pgwp=0.0)
+    mesh = parallel.make_mesh(dict(data=1), jax.devices()[:1])
+    trainer = Trainer(config, mesh, dataset_size=64)
+    assert trainer.schedules.schedule == "lin0.5"
+    stages = [trainer.schedules.stage(i)[0] for i in range(40)]
+    assert stages[0] == 1 and stages[-1] == 3 and stages == sorted(stages)
+    state = trainer.init_state(0)
+    tok = load_tokenizer(config, trainer)
+    batch = parallel.global_batch(random_batch(trainer), mesh)
+    state, early = trainer.step_fn(1)(state, tok, batch, jnp.float32(0.5))
+    state, full = trainer.step_fn(3)(state, tok, batch, jnp.float32(1.0))
+    assert "Lt" not in early and "Lt" in full and int(state["step"]) == 2
+    assert np.isfinite(float(early["loss"])) and np.isfinite(float(full["loss"]))
