@@ -10,6 +10,7 @@ import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -223,6 +224,11 @@ class MultiScaleVQVAE(nn.Module):
     def next_autoregressive_input(self, si, f_hat, h):
         return self.quantize.next_autoregressive_input(si, f_hat, h, self.spec)
 
+    def training_forward(self, img, beta: float = 0.25):
+        """The official training forward: (reconstruction (not clamped), vq_loss, hits (K, V))."""
+        f_st, vq_loss, hits = self.quantize.training_forward(self.img_to_f(img), self.spec, beta)
+        return self.decoder(self.post_quant_conv(f_st)), vq_loss, hits
+
     def embed(self, idx):
         return self.quantize.embed(idx)
 
@@ -285,6 +291,28 @@ class Quantizer(nn.Module):
             idx_list.append(idx)
             f_hats.append(f_hat)
         return idx_list, f_hats
+
+    def training_forward(self, f, spec: QuantizerSpec, beta: float):
+        """The official training `forward` (VAR_SPEC §1.6.8): the Algorithm-1 loop with
+        gradients through the codes and φ, the multi-scale VQ loss
+        (1/K)·Σ_k [β·‖sg(f̂_k) − f‖² + ‖f̂_k − sg(f)‖²] (means over elements) and the
+        straight-through output sg(f̂) − sg(f) + f. Returns (f̂_st, vq_loss, hits (K, V) counts)."""
+        b, _, _, c = f.shape
+        f_detached = jax.lax.stop_gradient(f)
+        f_rest, f_hat = f_detached, jnp.zeros_like(f)
+        vq_loss, hits = 0.0, []
+        for si, pn in enumerate(spec.patch_nums):
+            z = jax.lax.stop_gradient(resize_nhwc(f_rest, pn, "area"))
+            idx = self.nearest_code(z.reshape(-1, c))
+            hits.append(jnp.bincount(idx, length=self.vocab_size))
+            h = self.phi(self._upsample_h(self.embed(idx).reshape(b, pn, pn, c), si, spec), si, spec)
+            f_hat = f_hat + h
+            f_rest = f_rest - h
+            vq_loss = vq_loss + beta * jnp.mean(jnp.square(jax.lax.stop_gradient(f_hat) - f)) \
+                + jnp.mean(jnp.square(f_hat - f_detached))
+        vq_loss = vq_loss / spec.num_scales
+        f_st = jax.lax.stop_gradient(f_hat) - f_detached + f
+        return f_st, vq_loss, jnp.stack(hits)
 
     def idx_to_fhat(self, idx_list, spec: QuantizerSpec):
         """Paper Algorithm 2 (`embed_to_fhat`, all scales to max, last one)."""
