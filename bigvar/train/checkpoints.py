@@ -15,6 +15,8 @@ import signal
 import threading
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -79,6 +81,15 @@ class PreemptionFlag:
 
     def __bool__(self) -> bool:
         return self._event.is_set()
+
+    def agreed(self) -> bool:
+        """True when any process got the signal. Every process must then save the same step
+        (orbax saves are collective), so with several processes the flag is all-gathered."""
+        local = self._event.is_set()
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
 
     def restore_handlers(self) -> None:
         for sig, handler in self._previous.items():

@@ -427,13 +427,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pending = (step, metrics)
             step += 1
             bar.update(1)
-            save_now = step % t.checkpoint_every == 0 or step == steps or bool(stop)
+            stopping = stop.agreed()
+            save_now = step % t.checkpoint_every == 0 or step == steps or stopping
             if save_now:
                 finish_pending()  # never save past a non-finite step
                 ckpts.save(step, state, {
                     "iterator": json.loads(data_lib.iterator_state_to_bytes(data_iter)),
                     "metrics": window.state()})
-            if t.sample_every and (step % t.sample_every == 0 or step == steps) and not stop:
+            if t.sample_every and (step % t.sample_every == 0 or step == steps) and not stopping:
                 finish_pending()
                 gen = state.get("ema", state["params"])
                 grid = _sample_grid(trainer, sampler_cache, gen, tok_params)
@@ -441,7 +442,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     os.makedirs(samples_dir, exist_ok=True)
                     save_png(os.path.join(samples_dir, f"step_{step:08d}.png"), grid)
                     writer.write_images(step, {"samples": grid})
-            if stop:
+            if stopping:
                 logging.warning("stopped at step %d on request; checkpoint saved", step)
                 break
         finish_pending()
