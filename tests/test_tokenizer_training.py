@@ -86,3 +86,27 @@ def test_vq_loss_and_straight_through_gradient_by_hand():
     n = f.size
     np.testing.assert_allclose(jax.grad(lambda f: quantize(params, f)[1])(f),
                                2 * 0.25 * (f - nearest) / n, rtol=1e-5, atol=1e-7)
+
+
+def test_tokenizer_metrics_by_hand():
+    from bigvar.tokenizers.metrics import bit_balance, codebook_usage, psnr, update_hit_ema
+    target = jnp.zeros((2, 4, 4, 3))
+    rec = target.at[0].set(0.1).at[1].set(5.0)  # image 1 is clipped to 1 before scoring
+    np.testing.assert_allclose(psnr(rec, target), [10 * np.log10(4 / 0.01), 10 * np.log10(4.0)],
+                               rtol=1e-6)
+    np.testing.assert_allclose(psnr(rec[..., :1] * 0 + 0.5, target[..., :1], 0.0, 1.0),
+                               [10 * np.log10(1 / 0.25)] * 2, rtol=1e-6)
+
+    hits = jnp.asarray([[4.0, 0.0, 2.0, 2.0]])
+    ema = update_hit_ema(jnp.full((1, 4), 7.0), hits, jnp.int32(0))
+    np.testing.assert_array_equal(ema, hits)  # the first record is copied
+    ema = update_hit_ema(ema, jnp.zeros((1, 4)), jnp.int32(1))
+    np.testing.assert_allclose(ema, 0.9 * hits)
+    np.testing.assert_allclose(update_hit_ema(ema, hits, jnp.int32(100)), 0.99 * 0.9 * hits + 0.01 * hits)
+    # margin = 8 vectors / 4 codes · 0.08 = 0.16: three of four codes are used.
+    np.testing.assert_allclose(codebook_usage(hits, vectors_per_step=8), [75.0])
+
+    bits = jnp.asarray([[1, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 0]])
+    balance = bit_balance(bits)
+    np.testing.assert_allclose(balance["ones"], (1 + 0.5 + 0.5) / 3, rtol=1e-6)
+    np.testing.assert_allclose(balance["worst_bit_imbalance"], 0.5)
