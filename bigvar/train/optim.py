@@ -126,10 +126,14 @@ def progressive_weight(it: int, *, pg: float, pg0: int, num_scales: int, max_it:
     stage = progressive_stage(it, **kw)
     if stage == progressive_stage(0, **kw):
         return 1.0
-    start = it
-    while start > 0 and progressive_stage(start - 1, **kw) == stage:
-        start -= 1
-    return max(min((it - start + 1) / stage_warmup_it, 1), 0.01)
+    lo, hi = 0, it  # the stage never decreases: bisect for the first step of this stage
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if progressive_stage(mid, **kw) < stage:
+            lo = mid + 1
+        else:
+            hi = mid
+    return max(min((it - lo + 1) / stage_warmup_it, 1), 0.01)
 
 
 # ---- the optimizer -------------------------------------------------------------------------
