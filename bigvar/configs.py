@@ -11,6 +11,7 @@ import jax.numpy as jnp
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 MODES = ("sample", "train", "export", "eval")
+TOKENIZERS = {"vqvae": "vae", "bae": "bae"}  # tokenizer model → its config section / weights key
 
 # Logical axis → mesh axes (MaxText style). Params are sharded FSDP over `fsdp` on their
 # `embed` axis and tensor-parallel over `tensor` on the wide axes; batches over data × fsdp.
@@ -156,8 +157,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _fail("mode", config.mode, f"one of {MODES}")
     if config.model == "bigr":
         return validate_bigr(config)
+    if config.model in TOKENIZERS:
+        return validate_tokenizer(config)
     if config.model != "var":
-        _fail("model", config.model, "'var' or 'bigr'")
+        _fail("model", config.model, "'var', 'bigr', 'vqvae' or 'bae'")
     v, q = config.var, config.vae
     pns = tuple(v.patch_nums)
     if not pns or any(p <= 0 for p in pns) or list(pns) != sorted(set(pns)):
@@ -362,16 +365,23 @@ def check_architecture(config: ml_collections.ConfigDict, stored: dict, source: 
 
 
 def image_size(config: ml_collections.ConfigDict) -> int:
-    return config.var.patch_nums[-1] * 2 ** (len(config.vae.ch_mult) - 1)
+    """Training/sampling resolution of a VAR, BiGR, VQ-VAE or B-AE config."""
+    if config.model in ("bigr", "bae"):
+        return config.bae.img_size
+    patch_nums = config.var.patch_nums if "var" in config else config.vae.patch_nums
+    return patch_nums[-1] * 2 ** (len(config.vae.ch_mult) - 1)
 
 
 def build_vae(config: ml_collections.ConfigDict):
+    """The VQ-VAE of a VAR config, or of a tokenizer-training config (whose scales are
+    `vae.patch_nums`, there being no `var` section)."""
     from bigvar.tokenizers.msvq import MultiScaleVQVAE
     q = config.vae
+    patch_nums = config.var.patch_nums if "var" in config else q.patch_nums
     return MultiScaleVQVAE(
         vocab_size=q.vocab_size, z_channels=q.z_channels, ch=q.ch, ch_mult=tuple(q.ch_mult),
         num_res_blocks=q.num_res_blocks, quant_resi=q.quant_resi,
-        share_quant_resi=q.share_quant_resi, patch_nums=tuple(config.var.patch_nums))
+        share_quant_resi=q.share_quant_resi, patch_nums=tuple(patch_nums))
 
 
 def build_var(config: ml_collections.ConfigDict):
@@ -383,3 +393,97 @@ def build_var(config: ml_collections.ConfigDict):
         patch_nums=tuple(v.patch_nums), shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
         norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, drop_path_rate=v.drop_path_rate,
         attn_impl=v.attn_impl, remat=v.remat, remat_policy=v.remat_policy, dtype=jnp.dtype(v.dtype))
+
+
+# ---- tokenizer training ------------------------------------------------------------------------
+def tokenizer_loss_config(**overrides) -> ml_collections.ConfigDict:
+    """`config.loss` of a tokenizer-training config: the weights of each term."""
+    loss = ml_collections.ConfigDict(dict(
+        l1=0.0, l2=1.0,  # pixel reconstruction terms (images in the tokenizer's range)
+        beta=0.25,  # VQ-VAE: commitment weight inside the multi-scale VQ loss (VAR_SPEC §1.6.8)
+        lpips=0.0, lpips_from="",  # LPIPS-VGG weight; its weights dir (`python -m bigvar.convert lpips`)
+        gan=0.0,  # PatchGAN hinge loss weight (0 = no discriminator), times the adaptive weight
+        gan_start=0,  # step at which the discriminator and the adversarial term start
+        gan_max_weight=1e4,  # clamp of the adaptive weight (taming 1e4; BLD's disc_weight_max 1)
+        disc_ndf=64, disc_layers=3, disc_lr=0.0,  # discriminator width/depth; lr 0 = same as G
+        disc_init="taming",  # taming: N(0, 0.02) convs; torch_default: BLD's (no weights_init)
+        dead_code_every=0,  # VQ-VAE: every N steps, re-seed unused codes from the batch (0 = off)
+    ))
+    loss.update(overrides)
+    return loss
+
+
+def vqvae_train_config(*, ch: int = 160, vocab_size: int = 4096,
+                       patch_nums=PATCH_NUMS_256) -> ml_collections.ConfigDict:
+    """Training a multi-scale VQ-VAE. No official recipe is released (VAR_SPEC §1.6.8: 'VQGAN
+    architecture trained on OpenImages with L2 + LPIPS + GAN'); the defaults are the LlamaGen
+    VQGAN recipe: Adam (0.9, 0.95), lr 1e-4, batch 128, LPIPS 1, GAN 0.5 from step 20k."""
+    config = ml_collections.ConfigDict()
+    config.model = "vqvae"
+    config.mode = "train"
+    config.seed = 0
+    config.init_from = ""  # fine-tune from a weights dir holding `vae`
+    config.vae = vae_config(ch=ch, vocab_size=vocab_size)
+    config.vae.patch_nums = tuple(patch_nums)
+    config.loss = tokenizer_loss_config(l2=1.0, lpips=1.0, gan=0.5, gan_start=20_000)
+    config.train = train_config(batch_size=128, epochs=40, lr=1e-4, schedule="constant", twd=0.0,
+                                twde=0.0, b1=0.9, b2=0.95, clip=0.0, ema_decay=0.9999,
+                                sample_every=5000, sample_images=16)
+    config.data = data_section(source="folder", path="", num_classes=1000, transform="var",
+                               value_range="minus_one_one", hflip=True)
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.sample = ml_collections.ConfigDict(dict(grid_cols=8))
+    return config
+
+
+def bae_train_config(*, binary_size: int, img_size: int = 256) -> ml_collections.ConfigDict:
+    """Training a binary autoencoder with the BinaryLatentDiffusion recipe (BIGR_SPEC §1.4):
+    L1 + LPIPS, PatchGAN (max adaptive weight 1) from `gan_start`, Adam (0.9, 0.999) at
+    4.5e-6 × per-GPU batch (4 per GPU × 8 GPUs here), EMA."""
+    config = bigr_config("L-512" if img_size == 512 else "L", binary_size=binary_size)
+    for section in ("bigr", "sample", "tokenizer_from", "allow_random_init", "axis_rules"):
+        del config[section]
+    config.model = "bae"
+    config.mode = "train"
+    config.loss = tokenizer_loss_config(l1=1.0, l2=0.0, lpips=1.0, gan=1.0, gan_start=400_001,
+                                        gan_max_weight=1.0, disc_init="torch_default")
+    # BLD updates its EMA (β 0.995) every 10 steps; 0.9995 every step is the same time constant.
+    config.train = train_config(batch_size=32, steps=1_000_000, lr=4.5e-6 * 4, schedule="constant",
+                                twd=0.0, twde=0.0, b1=0.9, b2=0.999, clip=0.0, ema_decay=0.9995,
+                                sample_every=5000, sample_images=16)
+    config.data = data_section(source="folder", path="", num_classes=1000, transform="bld",
+                               value_range="zero_one", hflip=True)
+    config.sample = ml_collections.ConfigDict(dict(grid_cols=8))
+    return config
+
+
+def validate_tokenizer(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    if config.mode not in ("train", "export"):
+        _fail("mode", config.mode, "'train' or 'export' for a tokenizer config (sample with the "
+              "generator config that loads it via --config.tokenizer_from)")
+    loss = config.loss
+    for field in ("l1", "l2", "beta", "lpips", "gan", "gan_max_weight"):
+        if loss[field] < 0:
+            _fail(f"loss.{field}", loss[field], "≥ 0")
+    if loss.l1 == loss.l2 == loss.lpips == 0:
+        _fail("loss.l2", loss.l2, "> 0, or loss.l1 / loss.lpips > 0 (nothing to reconstruct)")
+    if loss.lpips > 0 and not loss.lpips_from:
+        _fail("loss.lpips_from", loss.lpips_from, "a weights directory made by `python -m "
+              "bigvar.convert lpips --vgg=vgg16-397923af.pth --lin=vgg.pth --out=DIR`, or "
+              "loss.lpips=0")
+    if loss.disc_init not in ("taming", "torch_default"):
+        _fail("loss.disc_init", loss.disc_init, "'taming' or 'torch_default'")
+    if config.model == "vqvae":
+        pns = tuple(config.vae.patch_nums)
+        if not pns or list(pns) != sorted(set(pns)) or pns[0] < 1:
+            _fail("vae.patch_nums", pns, "strictly increasing positive ints")
+        if config.vae.ch % 32:
+            _fail("vae.ch", config.vae.ch, "a multiple of 32 (GroupNorm uses 32 groups)")
+    else:
+        if config.bae.nf % 32:
+            _fail("bae.nf", config.bae.nf, "a multiple of 32 (GroupNorm uses 32 groups)")
+        down = 2 ** (len(config.bae.ch_mult) - 1)
+        if config.bae.img_size % down:
+            _fail("bae.img_size", config.bae.img_size, f"a multiple of the downsampling {down}")
+    validate_training(config, config.data.num_classes)
+    return config

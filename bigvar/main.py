@@ -2,10 +2,12 @@
 
 Dispatches on `config.mode`:
   sample   class-conditional sampling to PNGs, a grid and an .npz (`bigvar.sampling.job`);
-  train    train the generator, resumable (`bigvar.train.generator`);
-  export   the newest training checkpoint (EMA for BiGR) → a weights directory for
-           `--config.init_from` (written to <workdir>/export);
+  train    train the generator (`bigvar.train.generator`) or, for a tokenizer config
+           (model vqvae | bae), the tokenizer (`bigvar.train.tokenizer`); resumable;
+  export   the newest training checkpoint (its EMA when kept) → a weights directory for
+           `--config.init_from` / `--config.tokenizer_from` (written to <workdir>/export);
   eval     reserved for the FID pipeline.
+The demo config (`configs/demo.py`, model=demo) runs its stages in order (`bigvar.demo`).
 Override any field on the command line, e.g. `--config.sample.cfg=4 --config.init_from=ckpt/var_d16`.
 On several hosts (TPU pod slice, SLURM), pass `--multihost` on every host.
 """
@@ -26,7 +28,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str):
     from bigvar import configs
+    if config.get("model") == "demo":
+        from bigvar import demo
+        return demo.run(config, workdir)
     configs.validate(config)
+    if config.model in configs.TOKENIZERS:
+        from bigvar.train import tokenizer
+        if config.mode == "train":
+            return tokenizer.run(config, workdir)
+        return {"exported": tokenizer.export_tokenizer(config, workdir)}
     if config.mode == "sample":
         from bigvar.sampling import job
         return job.run(config, workdir)

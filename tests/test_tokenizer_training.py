@@ -35,7 +35,7 @@ def official_step():
 
 
 def _loss(vae, params, img, beta):
-    rec, vq_loss, hits = vae.apply(params, img, beta, method=MultiScaleVQVAE.training_forward)
+    rec, vq_loss, hits, _ = vae.apply(params, img, beta, method=MultiScaleVQVAE.training_forward)
     mse = jnp.mean(jnp.square(rec - img))
     return mse + vq_loss, (rec, vq_loss, mse, hits)
 

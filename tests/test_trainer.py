@@ -223,7 +223,7 @@ def test_bigr_run_writes_logs_grid_and_exports_the_ema_for_sampling(trained_bigr
     from bigvar.main import run as main_run
     from bigvar.train.metric_writer import read_events, read_jsonl
     config, workdir = trained_bigr
-    assert os.path.exists(workdir / "samples" / "step_00000003.png")
+    assert os.path.exists(workdir / "samples" / "samples_00000003.png")
     rows = read_jsonl(str(workdir / "logs"))
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
     events = read_events(str(workdir / "logs"))

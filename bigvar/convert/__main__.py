@@ -2,6 +2,7 @@
 
   python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=ckpt/var_d16
   python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_L_d24.pt --out=ckpt/bigr_l_d24
+  python -m bigvar.convert lpips --vgg=vgg16-397923af.pth --lin=vgg.pth --out=ckpt/lpips_vgg
 
 The output directory holds `params/` (orbax) and `config.json`; sample from it with
 `python -m bigvar.main --config=configs/var_d16.py --config.init_from=ckpt/var_d16 --workdir=...`.
@@ -36,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     bigr.add_argument("--config", default=None,
                       help="a config file (e.g. configs/bigr_l_d24.py) the checkpoint must match")
     bigr.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    lpips = sub.add_parser("lpips", help="LPIPS-VGG perceptual loss (tokenizer training); "
+                           "load with bigvar.tokenizers.lpips.load_lpips(DIR)")
+    lpips.add_argument("--vgg", default=None, help="torchvision's VGG16 ImageNet weights, "
+                       "vgg16-397923af.pth (classifier.* is ignored)")
+    lpips.add_argument("--lin", default=None, help="the LPIPS v0.1 linear layers, vgg.pth "
+                       "(PerceptualSimilarity lpips/weights/v0.1/vgg.pth = taming's download)")
+    lpips.add_argument("--lpips", default=None, help="instead of --vgg/--lin: a checkpoint holding "
+                       "a whole official LPIPS state dict (net.slice*, lin*), possibly under a "
+                       "prefix such as loss.perceptual_loss. (taming VQGAN) or perceptual. (B-AE)")
+    lpips.add_argument("--out", required=True, help="output directory")
+    lpips.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return parser
 
 
@@ -63,6 +75,12 @@ def main(argv=None) -> int:
             print(f"converted VAR depth={v.depth} width={v.embed_dim} heads={v.num_heads} "
                   f"classes={v.num_classes} shared_aln={v.shared_aln} attn_l2_norm={v.attn_l2_norm} "
                   f"patch_nums={tuple(v.patch_nums)} → {args.out}")
+        elif args.model == "lpips":
+            from bigvar.convert import lpips
+            model_config, params = lpips.convert(args.vgg, args.lin, args.lpips)
+            checkpoint.save_weights(args.out, {"lpips": params}, model_config, overwrite=args.overwrite)
+            print(f"converted LPIPS-VGG (13 VGG16 convs, lin layers {model_config['lpips']['tap_channels']}) "
+                  f"→ {args.out}")
         else:
             from bigvar.convert import bigr
             expected = _load_config_file(args.config) if args.config else None

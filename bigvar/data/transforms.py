@@ -10,6 +10,8 @@ so an example's augmentation is a function of that generator's seed only.
 - ADM / BiGR (`center_crop_arr` of guided-diffusion): halve with BOX while the shorter side is
   ≥ 2R, BICUBIC-resize the shorter side to R, centre-crop, then flip with p = 0.5.
   Output range [0, 1].
+- BLD / B-AE training (BinaryLatentDiffusion's "random" loader): shorter side to int(1.05·R)
+  with BILINEAR, random R×R crop, flip with p = 0.5. Output range [0, 1].
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 VALUE_RANGES = {"minus_one_one": (-1.0, 1.0), "zero_one": (0.0, 1.0)}
-TRANSFORMS = ("var", "adm")
+TRANSFORMS = ("var", "adm", "bld")
 
 def decode(example: dict) -> np.ndarray | None:
     """uint8 (H, W, 3) RGB from an example's "image" array or "image_bytes"; None if unreadable.
@@ -67,20 +69,34 @@ def _pil(image: np.ndarray) -> Image.Image:
 
 def var_resize(image: np.ndarray, image_size: int) -> np.ndarray:
     """Shorter side → round(1.125·R) with LANCZOS; longer side as torchvision's Resize(int)."""
-    mid = round(1.125 * image_size)
+    return resize_shorter(image, round(1.125 * image_size), Image.LANCZOS)
+
+
+def resize_shorter(image: np.ndarray, mid: int, resample) -> np.ndarray:
+    """torchvision's `Resize(int)`: shorter side → mid, longer side truncated proportionally."""
     h, w = image.shape[:2]
     short, long = min(h, w), max(h, w)
     new_long = int(mid * long / short)  # torchvision truncates, it does not round
     new_w, new_h = (mid, new_long) if w <= h else (new_long, mid)
     if (new_w, new_h) == (w, h):
         return image
-    return np.asarray(_pil(image).resize((new_w, new_h), Image.LANCZOS))
+    return np.asarray(_pil(image).resize((new_w, new_h), resample))
 
 
 def var_train(image: np.ndarray, image_size: int, rng: np.random.Generator,
               hflip: bool = False) -> np.ndarray:
     """VAR training crop: var_resize, uniform random R×R crop, optional horizontal flip."""
-    image = var_resize(image, image_size)
+    return _random_crop(var_resize(image, image_size), image_size, rng, hflip)
+
+
+def bld_train(image: np.ndarray, image_size: int, rng: np.random.Generator) -> np.ndarray:
+    """B-AE training crop (BLD): shorter side int(1.05·R) bilinear, random crop, flip p = 0.5."""
+    resized = resize_shorter(image, int(1.05 * image_size), Image.BILINEAR)
+    return _random_crop(resized, image_size, rng, hflip=True)
+
+
+def _random_crop(image: np.ndarray, image_size: int, rng: np.random.Generator,
+                 hflip: bool) -> np.ndarray:
     h, w = image.shape[:2]
     top = int(rng.integers(0, h - image_size + 1))
     left = int(rng.integers(0, w - image_size + 1))
@@ -144,9 +160,10 @@ def to_float(images: np.ndarray, value_range: str | tuple[float, float]) -> np.n
 def make_image_transform(kind: str, image_size: int, *, hflip: bool = False,
                          train: bool = True
                          ) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
-    """(decoded uint8 image, rng) → uint8 (R, R, 3) for transform `kind` ("var" | "adm").
+    """(decoded uint8 image, rng) → uint8 (R, R, 3) for transform `kind` ("var" | "adm" | "bld").
 
-    "adm" always flips at random during training (BiGR's recipe), so `hflip` only affects "var".
+    "adm" and "bld" always flip at random during training (their recipes), so `hflip` only
+    affects "var". "bld" validates with the ADM centre crop.
     """
     if kind not in TRANSFORMS:
         raise ValueError(f"transform={kind!r} is unknown; use one of {list(TRANSFORMS)}")
@@ -158,7 +175,8 @@ def make_image_transform(kind: str, image_size: int, *, hflip: bool = False,
             return functools.partial(_call_var_train, image_size=image_size, hflip=hflip)
         return functools.partial(_ignore_rng, fn=var_val, image_size=image_size)
     if train:
-        return functools.partial(_call_adm_train, image_size=image_size)
+        train_fn = adm_train if kind == "adm" else bld_train
+        return functools.partial(_call_train, fn=train_fn, image_size=image_size)
     return functools.partial(_ignore_rng, fn=adm_center_crop, image_size=image_size)
 
 
@@ -166,8 +184,8 @@ def _call_var_train(image, rng, *, image_size, hflip):
     return var_train(image, image_size, rng, hflip=hflip)
 
 
-def _call_adm_train(image, rng, *, image_size):
-    return adm_train(image, image_size, rng)
+def _call_train(image, rng, *, fn, image_size):
+    return fn(image, image_size, rng)
 
 
 def _ignore_rng(image, rng, *, fn, image_size):

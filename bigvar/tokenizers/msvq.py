@@ -225,9 +225,11 @@ class MultiScaleVQVAE(nn.Module):
         return self.quantize.next_autoregressive_input(si, f_hat, h, self.spec)
 
     def training_forward(self, img, beta: float = 0.25):
-        """The official training forward: (reconstruction (not clamped), vq_loss, hits (K, V))."""
-        f_st, vq_loss, hits = self.quantize.training_forward(self.img_to_f(img), self.spec, beta)
-        return self.decoder(self.post_quant_conv(f_st)), vq_loss, hits
+        """The official training forward: (reconstruction (not clamped), vq_loss, hits (K, V),
+        the continuous latent f (B, h, w, Cvae), e.g. to re-seed dead codes from)."""
+        f = self.img_to_f(img)
+        f_st, vq_loss, hits = self.quantize.training_forward(f, self.spec, beta)
+        return self.decoder(self.post_quant_conv(f_st)), vq_loss, hits, f
 
     def embed(self, idx):
         return self.quantize.embed(idx)

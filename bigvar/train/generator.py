@@ -2,8 +2,8 @@
 
   1. `Trainer`: models, optimizer, shardings of the train state and the jitted train step —
      everything that defines the computation (also used by `bigvar.plan` and the benchmark).
-  2. `run`: restore-or-init, the data iterator, the loop (progress bar, JSONL/TensorBoard
-     metrics, sample grids, asynchronous checkpoints, SIGTERM, non-finite loss stop).
+  2. `run`: the frozen tokenizer, restore-or-init and the step of each progressive stage,
+     handed to `loop.run_loop` (data, progress bar, metrics, grids, checkpoints, SIGTERM).
 
 The train state is a dict {step, params, opt_state[, ema]}; params are sharded by their logical
 axis names (`config.axis_rules`) on the mesh `config.mesh`, batches over data × fsdp. The step's
@@ -13,22 +13,20 @@ restarted run continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 from flax import linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from bigvar import checkpoint, configs, parallel, params as params_lib
-from bigvar.train import losses, optim
+from bigvar.train import loop, losses, optim
+from bigvar.train.loop import NonFiniteLoss  # noqa: F401  (re-exported for callers)
 from bigvar.train.init import bigr_official_init, var_official_init
 from bigvar.utils import run_init, unbox
 
@@ -276,15 +274,9 @@ def load_finetune_params(config, trainer: Trainer):
 def export_weights(config, workdir: str, out_dir: str | None = None) -> str:
     """`mode=export`: the newest checkpoint's generator (its EMA when there is one) and the
     tokenizer, as a weights directory that `--config.init_from` (mode=sample) loads."""
-    from bigvar.train.checkpoints import Checkpoints
     mesh = parallel.make_mesh(config.mesh)
     trainer = Trainer(config, mesh, dataset_size=1)
-    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-    restored = ckpts.restore_latest(trainer.abstract_state(), with_data=False)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first "
-                                "(--config.mode=train with the same --workdir)")
-    step, state, _ = restored
+    step, state = loop.restore_newest_state(workdir, config, trainer.abstract_state())
     tok_params = load_tokenizer(config, trainer)
     gen_key, tok_key = params_lib.WEIGHT_KEYS[config.model]
     out_dir = out_dir or os.path.join(workdir, "export")
@@ -294,15 +286,10 @@ def export_weights(config, workdir: str, out_dir: str | None = None) -> str:
                     "source": {"workdir": os.path.abspath(workdir), "step": int(step),
                                "weights": "ema" if "ema" in state else "params"}}
     checkpoint.save_weights(out_dir, jax.device_get(weights), model_config, overwrite=True)
-    ckpts.close()
     return out_dir
 
 
 # ---- the loop ----------------------------------------------------------------------------------
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
 def _sample_grid(trainer: Trainer, sampler_cache: dict, gen_params, tok_params) -> np.ndarray:
     """A class-conditional grid from the current weights (EMA when kept), with the config's
     sampling settings; the sampler is compiled once and reused with new params."""
@@ -321,140 +308,33 @@ def _sample_grid(trainer: Trainer, sampler_cache: dict, gen_params, tok_params) 
     return make_grid(images, cols=min(config.sample.grid_cols, len(images)))
 
 
-class MetricWindow:
-    """Means of the per-step metrics over each logging window. Its sums are saved with every
-    checkpoint, so a resumed run logs exactly what an uninterrupted one would."""
-
-    def __init__(self, state: dict | None = None):
-        state = state or {}
-        self.sums: dict[str, float] = dict(state.get("sums", {}))
-        self.count: int = int(state.get("count", 0))
-
-    def add(self, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-        self.count += 1
-
-    def pop_means(self) -> dict[str, float]:
-        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
-        return means
-
-    def state(self) -> dict:
-        return {"sums": dict(self.sums), "count": self.count}
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains until `train.steps`/`train.epochs` are done, or until SIGTERM; resumable."""
     from bigvar import data as data_lib
-    from bigvar.images import save_png
-    from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
-    from bigvar.train.metric_writer import MetricWriter
-
     configs.validate(config)
-    t = config.train
     mesh = parallel.make_mesh(config.mesh)
-    dp = parallel.data_parallel_size(mesh)
-    if t.batch_size % (dp * t.grad_accum) or t.batch_size % jax.process_count():
-        raise ValueError(f"config.train.batch_size={t.batch_size} must divide by the data-parallel "
-                         f"size {dp} × grad_accum {t.grad_accum} and by the {jax.process_count()} "
-                         "processes")
+    loop.check_batch(config, mesh)
     dataset_size = len(data_lib.make_source(config.data, _image_size(config)))
     trainer = Trainer(config, mesh, dataset_size)
-    steps = trainer.schedules.max_it
-    chief = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
-    writer = MetricWriter(os.path.join(workdir, "logs"), is_chief=chief)
-    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
-                        async_save=t.async_checkpoints)
-    data_iter = data_lib.make_train_iterator(
-        config.data, image_size=trainer.image_size(), global_batch=t.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
     tok_params = load_tokenizer(config, trainer)
 
-    restored = ckpts.restore_latest(trainer.abstract_state())
-    if restored is not None:
-        start, state, host_state = restored
-        data_lib.restore_iterator_state(data_iter, json.dumps(host_state["iterator"]).encode())
-        window = MetricWindow(host_state.get("metrics"))
-        logging.info("resumed from step %d (%s)", start, ckpts.directory)
-    else:
-        start = 0
+    def init_state():
         gen_params = load_finetune_params(config, trainer) if config.init_from else None
-        state = trainer.init_state(config.seed, gen_params)
-        window = MetricWindow()
-    writer.truncate_after(start)
-    if start >= steps:
-        ckpts.close()
-        return {"steps": steps, "checkpoints": ckpts.directory, "status": "already finished"}
+        return trainer.init_state(config.seed, gen_params)
 
-    stop = PreemptionFlag()
+    def step(state, batch, i):
+        stage, prog_wp = trainer.schedules.stage(i)
+        return trainer.step_fn(stage)(state, tok_params, batch, jnp.float32(prog_wp))
+
     sampler_cache: dict = {}
-    samples_dir = os.path.join(workdir, "samples")
-    pending = None  # the previous step's metrics: read one step late so the host never waits
-
-    def finish_pending():
-        nonlocal pending
-        if pending is None:
-            return
-        step, metrics = pending
-        pending = None
-        metrics = jax.device_get(metrics)
-        if not metrics.pop("finite"):
-            raise NonFiniteLoss(
-                f"the loss or gradient became non-finite at step {step} (loss={metrics['loss']}); "
-                f"training stopped without saving it. The last good checkpoint is kept in "
-                f"{ckpts.directory} (steps {ckpts.steps()}). Try a lower learning rate, "
-                "float32 compute (--config.<model>.dtype=float32) or check the data.")
-        window.add(metrics)
-        bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
-        if (step + 1) % t.log_every == 0 or step == 0 or step + 1 == steps:
-            scalars = window.pop_means()  # means over the steps since the last log line
-            scalars["skipped_images"] = data_lib.skipped_count(data_iter)
-            scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - began, 1e-9)
-            writer.write_scalars(step + 1, scalars)
-
-    bar = tqdm.tqdm(total=steps, initial=start, desc=f"train {config.model}", unit="step",
-                    dynamic_ncols=True, disable=not chief)
-    began = time.time()
-    step = start
-    try:
-        while step < steps:
-            stage, prog_wp = trainer.schedules.stage(step)
-            batch = parallel.global_batch(next(data_iter), mesh)
-            state, metrics = trainer.step_fn(stage)(state, tok_params, batch, jnp.float32(prog_wp))
-            finish_pending()
-            pending = (step, metrics)
-            step += 1
-            bar.update(1)
-            stopping = stop.agreed()
-            save_now = step % t.checkpoint_every == 0 or step == steps or stopping
-            if save_now:
-                finish_pending()  # never save past a non-finite step
-                ckpts.save(step, state, {
-                    "iterator": json.loads(data_lib.iterator_state_to_bytes(data_iter)),
-                    "metrics": window.state()})
-            if t.sample_every and (step % t.sample_every == 0 or step == steps) and not stopping:
-                finish_pending()
-                gen = state.get("ema", state["params"])
-                grid = _sample_grid(trainer, sampler_cache, gen, tok_params)
-                if chief:
-                    os.makedirs(samples_dir, exist_ok=True)
-                    save_png(os.path.join(samples_dir, f"step_{step:08d}.png"), grid)
-                    writer.write_images(step, {"samples": grid})
-            if stopping:
-                logging.warning("stopped at step %d on request; checkpoint saved", step)
-                break
-        finish_pending()
-    finally:
-        bar.close()
-        getattr(data_iter, "close", lambda: None)()
-        ckpts.close()  # waits for the asynchronous save to land
-        writer.close()
-        stop.restore_handlers()
-    return {"steps": step, "checkpoints": ckpts.directory,
-            "metrics": os.path.join(workdir, "logs", "metrics.jsonl"),
-            "samples": samples_dir if os.path.isdir(samples_dir) else "(none)"}
+    spec = loop.LoopSpec(
+        name=f"train {config.model}", steps=trainer.schedules.max_it,
+        image_size=trainer.image_size(), abstract_state=trainer.abstract_state(),
+        init_state=init_state, step=step, grid_every=config.train.sample_every,
+        grids=lambda state: {"samples": _sample_grid(
+            trainer, sampler_cache, state.get("ema", state["params"]), tok_params)})
+    summary, _ = loop.run_loop(config, workdir, mesh, spec)
+    return summary
 
 
 def _image_size(config) -> int:

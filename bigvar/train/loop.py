@@ -1,0 +1,192 @@
+"""The training loop shared by the generator and tokenizer trainers.
+
+`run_loop` owns everything that is not the computation: restore-or-init, the data iterator and
+its checkpointed position, the progress bar, JSONL/TensorBoard metrics (window means saved with
+every checkpoint), periodic image grids, asynchronous checkpoints, SIGTERM and the stop on a
+non-finite loss. A trainer hands it three functions: `init_state()`, `step(state, batch, i)` and
+optionally `grids(state)`; the step's randomness must be a function of the state's step so that a
+killed and restarted run continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import tqdm
+
+from bigvar import parallel
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class MetricWindow:
+    """Means of the per-step metrics over each logging window. Its sums are saved with every
+    checkpoint, so a resumed run logs exactly what an uninterrupted one would."""
+
+    def __init__(self, state: dict | None = None):
+        state = state or {}
+        self.sums: dict[str, float] = dict(state.get("sums", {}))
+        self.count: int = int(state.get("count", 0))
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.count += 1
+
+    def pop_means(self) -> dict[str, float]:
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+    def state(self) -> dict:
+        return {"sums": dict(self.sums), "count": self.count}
+
+
+@dataclasses.dataclass
+class LoopSpec:
+    """What a trainer gives the loop (all callables are host-side; `step` may dispatch to one of
+    several jitted functions, e.g. per progressive stage)."""
+    name: str                                   # progress-bar label, e.g. "train var"
+    steps: int                                  # total optimizer steps
+    image_size: int
+    abstract_state: Any                         # ShapeDtypeStructs with shardings (restore target)
+    init_state: Callable[[], Any]               # a fresh (or fine-tuning) state
+    step: Callable[[Any, dict, int], tuple[Any, dict]]  # (state, global batch, step) → (state, metrics)
+    grids: Callable[[Any], dict[str, np.ndarray]] | None = None  # state → {name: uint8 image}
+    grid_every: int = 0                         # 0 = never (the last step always draws when > 0)
+    on_log: Callable[[Any, int], dict[str, float]] | None = None  # extra scalars at log steps
+
+
+def run_loop(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
+    """Trains until `spec.steps` are done, or until SIGTERM; resumable from `workdir`.
+    Returns (summary for the user, the final state)."""
+    from bigvar import data as data_lib
+    from bigvar.images import save_png
+    from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
+    from bigvar.train.metric_writer import MetricWriter
+
+    t = config.train
+    check_batch(config, mesh)
+    chief = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    writer = MetricWriter(os.path.join(workdir, "logs"), is_chief=chief)
+    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
+                        async_save=t.async_checkpoints)
+    data_iter = data_lib.make_train_iterator(
+        config.data, image_size=spec.image_size, global_batch=t.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+    restored = ckpts.restore_latest(spec.abstract_state)
+    if restored is not None:
+        start, state, host_state = restored
+        data_lib.restore_iterator_state(data_iter, json.dumps(host_state["iterator"]).encode())
+        window = MetricWindow(host_state.get("metrics"))
+        logging.info("resumed from step %d (%s)", start, ckpts.directory)
+    else:
+        start, state, window = 0, spec.init_state(), MetricWindow()
+    writer.truncate_after(start)
+    summary = {"steps": spec.steps, "checkpoints": ckpts.directory,
+               "metrics": os.path.join(workdir, "logs", "metrics.jsonl")}
+    if start >= spec.steps:
+        getattr(data_iter, "close", lambda: None)()
+        ckpts.close()
+        writer.close()
+        return {**summary, "status": "already finished"}, state
+
+    stop = PreemptionFlag()
+    grids_dir = os.path.join(workdir, "samples")
+    pending = None  # the previous step's metrics: read one step late so the host never waits
+
+    def finish_pending():
+        nonlocal pending
+        if pending is None:
+            return
+        step, metrics = pending
+        pending = None
+        metrics = jax.device_get(metrics)
+        if not metrics.pop("finite"):
+            raise NonFiniteLoss(
+                f"the loss or gradient became non-finite at step {step} (loss={metrics['loss']}); "
+                f"training stopped without saving it. The last good checkpoint is kept in "
+                f"{ckpts.directory} (steps {ckpts.steps()}). Try a lower learning rate, "
+                "float32 compute (--config.<model>.dtype=float32) or check the data.")
+        window.add(metrics)
+        bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+        if (step + 1) % t.log_every == 0 or step == 0 or step + 1 == spec.steps:
+            scalars = window.pop_means()  # means over the steps since the last log line
+            scalars["skipped_images"] = data_lib.skipped_count(data_iter)
+            scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - began, 1e-9)
+            if spec.on_log is not None:
+                scalars.update(spec.on_log(state, step + 1))
+            writer.write_scalars(step + 1, scalars)
+
+    bar = tqdm.tqdm(total=spec.steps, initial=start, desc=spec.name, unit="step",
+                    dynamic_ncols=True, disable=not chief)
+    began = time.time()
+    step = start
+    try:
+        while step < spec.steps:
+            batch = parallel.global_batch(next(data_iter), mesh)
+            state, metrics = spec.step(state, batch, step)
+            finish_pending()
+            pending = (step, metrics)
+            step += 1
+            bar.update(1)
+            stopping = stop.agreed()
+            if step % t.checkpoint_every == 0 or step == spec.steps or stopping:
+                finish_pending()  # never save past a non-finite step
+                ckpts.save(step, state, {
+                    "iterator": json.loads(data_lib.iterator_state_to_bytes(data_iter)),
+                    "metrics": window.state()})
+            if (spec.grids and spec.grid_every and not stopping
+                    and (step % spec.grid_every == 0 or step == spec.steps)):
+                finish_pending()
+                for name, grid in spec.grids(state).items():
+                    if chief:
+                        os.makedirs(grids_dir, exist_ok=True)
+                        save_png(os.path.join(grids_dir, f"{name}_{step:08d}.png"), grid)
+                        writer.write_images(step, {name: grid})
+            if stopping:
+                logging.warning("stopped at step %d on request; checkpoint saved", step)
+                break
+        finish_pending()
+    finally:
+        bar.close()
+        getattr(data_iter, "close", lambda: None)()
+        ckpts.close()  # waits for the asynchronous save to land
+        writer.close()
+        stop.restore_handlers()
+    return {**summary, "steps": step,
+            "samples": grids_dir if os.path.isdir(grids_dir) else "(none)"}, state
+
+
+def check_batch(config, mesh) -> None:
+    t = config.train
+    dp = parallel.data_parallel_size(mesh)
+    if t.batch_size % (dp * t.grad_accum) or t.batch_size % jax.process_count():
+        raise ValueError(f"config.train.batch_size={t.batch_size} must divide by the data-parallel "
+                         f"size {dp} × grad_accum {t.grad_accum} and by the {jax.process_count()} "
+                         "processes")
+
+
+def restore_newest_state(workdir: str, config, abstract_state):
+    """(step, state) of the newest checkpoint in `workdir`, for export; raises if there is none."""
+    from bigvar.train.checkpoints import Checkpoints
+    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    try:
+        restored = ckpts.restore_latest(abstract_state, with_data=False)
+    finally:
+        ckpts.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first "
+                                "(--config.mode=train with the same --workdir)")
+    step, state, _ = restored
+    return step, state
