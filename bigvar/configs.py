@@ -441,6 +441,7 @@ def bae_train_config(*, binary_size: int, img_size: int = 256) -> ml_collections
     L1 + LPIPS, PatchGAN (max adaptive weight 1) from `gan_start`, Adam (0.9, 0.999) at
     4.5e-6 × per-GPU batch (4 per GPU × 8 GPUs here), EMA."""
     config = bigr_config("L-512" if img_size == 512 else "L", binary_size=binary_size)
+    config.bae.img_size = img_size
     for section in ("bigr", "sample", "tokenizer_from", "allow_random_init", "axis_rules"):
         del config[section]
     config.model = "bae"

@@ -74,10 +74,10 @@ def _var_pair():
     _procedural(tok.data)
 
     gen = var_config(16)
-    gen.var = var_model_config(4, embed_dim=192, num_heads=4, num_classes=10, patch_nums=patch_nums)
+    gen.var = var_model_config(3, embed_dim=128, num_heads=4, num_classes=10, patch_nums=patch_nums)
     gen.vae = tok.vae.copy_and_resolve_references()
     del gen.vae["patch_nums"]
-    gen.train.update(batch_size=32, steps=1000, lr=1e-3, tblr=0.0, schedule="lin0",
+    gen.train.update(batch_size=32, steps=800, lr=2e-3, tblr=0.0, schedule="lin0",
                      warmup_epochs=0.0, wpe=0.1, twd=0.05, twde=0.05, log_every=50,
                      checkpoint_every=250, sample_every=500, sample_images=20)
     _procedural(gen.data)

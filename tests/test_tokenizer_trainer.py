@@ -193,3 +193,27 @@ def test_tiny_vqvae_learns_the_procedural_images(tmp_path):
     assert lines[0]["heldout_psnr"] < 16.0
     assert lines[-1]["heldout_psnr"] > 19.0, lines[-1]
     assert os.path.exists(tmp_path / "samples" / "reconstructions_00000150.png")
+
+
+def test_lpips_term_from_a_converted_weights_dir_enters_the_loss(tmp_path):
+    """LPIPS weights converted from .pth files (the committed random-weight fixtures) → the
+    trainer adds `lpips`·LPIPS(rec, x) (x mapped to [−1, 1]) to the loss."""
+    from bigvar.convert import __main__ as convert_cli
+    from bigvar.tokenizers.lpips import LPIPS, load_lpips
+    fixtures = os.path.join(ROOT, "tests", "fixtures", "lpips")
+    out = tmp_path / "lpips"
+    assert convert_cli.main(["lpips", f"--vgg={fixtures}/vgg16.pth", f"--lin={fixtures}/vgg_lin.pth",
+                             f"--out={out}"]) == 0
+    config = tiny("bae")
+    config.loss.update(gan=0.0, lpips=0.5, lpips_from=str(out))
+    mesh = parallel.make_mesh(dict(data=1), jax.devices()[:1])
+    trainer = tok_lib.TokenizerTrainer(config, mesh, dataset_size=64)
+    state = trainer.init_state(0)
+    batch = jax.tree_util.tree_map(jnp.asarray, images(config))
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
+    rec = trainer._forward(state["params"], batch["image"], rng)[0][0]
+    _, metrics = trainer.step(state, batch, 0)
+    expected = float(jnp.mean(LPIPS().apply(load_lpips(str(out)), rec * 2 - 1, batch["image"] * 2 - 1)))
+    assert expected > 0
+    np.testing.assert_allclose(metrics["lpips"], expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["loss"], metrics["l1"] + metrics["l2"] + 0.5 * expected, rtol=1e-5)

@@ -6,13 +6,16 @@ import collections
 import copy
 import copyreg
 import importlib
+import io
 import itertools
 import json
 import os
 import pickle
 import pickletools
+import struct
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import ml_dtypes
@@ -166,9 +169,146 @@ def test_deflated_archive(tmp_path, tensors: dict) -> None:
         np.testing.assert_array_equal(again[key], tensors[key])
 
 
-def test_legacy_format_gets_resave_advice() -> None:
-    with pytest.raises(CheckpointError, match=r"legacy.*torch\.save\(torch\.load\(p\), p2\)"):
-        torch_pickle.load(fixture("legacy.pth"))
+# --- the legacy (pre-1.6, non-zip) format, files written by torch ----------------------
+#
+# Expected values are what torch.load itself returned for these very files.
+
+LEGACY_DTYPES = {
+    "state_dict/conv.weight": np.float32,
+    "state_dict/conv.bias": np.float32,
+    "state_dict/steps": np.int64,
+    "fp16": np.float16,
+    "fp64": np.float64,
+    "bf16": ml_dtypes.bfloat16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "uint8": np.uint8,
+    "bool": np.bool_,
+    "shared_base": np.float32,
+    "shared_row": np.float32,
+    "transposed": np.float32,
+    "sliced": np.float32,
+    "param": np.float32,
+    "scalar": np.float32,
+    "empty": np.float32,
+}
+
+
+@pytest.fixture(scope="module")
+def legacy_tensors() -> dict:
+    return torch_pickle.load(fixture("legacy_tensors.pth"))
+
+
+def lookup(tree: dict, path: str):
+    for part in path.split("/"):
+        tree = tree[part]
+    return tree
+
+
+def test_legacy_format_loads() -> None:
+    loaded = torch_pickle.load(fixture("legacy.pth"))  # the file the reader used to refuse
+    assert list(loaded) == ["w"]
+    np.testing.assert_array_equal(loaded["w"], np.ones(2, np.float32))
+
+
+@pytest.mark.parametrize("key", sorted(LEGACY_DTYPES))
+def test_legacy_tensor_matches_torch(legacy_tensors: dict, key: str) -> None:
+    got, want = lookup(legacy_tensors, key), EXPECTED[f"legacy_tensors/{key}"]
+    assert type(got) is np.ndarray
+    assert got.dtype == np.dtype(LEGACY_DTYPES[key])
+    assert got.shape == want.shape
+    assert got.flags.c_contiguous and got.flags.writeable
+    if got.dtype == ml_dtypes.bfloat16:
+        got = got.astype(np.float32)  # the expected file stores it upcast
+    np.testing.assert_array_equal(got, want)
+
+
+def test_legacy_nested_state_dict_and_values(legacy_tensors: dict) -> None:
+    state_dict = legacy_tensors["state_dict"]
+    assert isinstance(state_dict, collections.OrderedDict)
+    assert list(state_dict) == ["steps", "conv.weight", "conv.bias"]
+    metadata = json.loads(str(EXPECTED["legacy_tensors/state_dict_metadata"]))
+    assert state_dict._metadata == metadata
+    assert legacy_tensors["epoch"] == 7
+    assert legacy_tensors["meta"] == {"name": "legacy", "size": (2, 3)}
+    assert legacy_tensors["scalar"].shape == () and legacy_tensors["empty"].shape == (0, 3)
+
+
+def test_legacy_views_of_one_storage_do_not_alias() -> None:
+    loaded = torch_pickle.load(fixture("legacy_tensors.pth"))  # mutated below
+    views = [loaded[k] for k in ("shared_base", "shared_row", "transposed", "sliced")]
+    for a, b in itertools.combinations(views, 2):
+        assert not np.shares_memory(a, b)
+    loaded["shared_row"][0] = -1.0
+    assert loaded["shared_base"][1, 0] == 4.0
+
+
+def test_legacy_cuda_saved_file() -> None:
+    """Storages tagged "cuda:0" (as in LPIPS's vgg.pth) are read into host memory."""
+    assert b"cuda:0" in open(fixture("legacy_cuda.pth"), "rb").read()
+    loaded = torch_pickle.load(fixture("legacy_cuda.pth"))
+    assert isinstance(loaded, collections.OrderedDict)
+    assert list(loaded) == ["lin0.model.1.weight", "half"]
+    for key, value in loaded.items():
+        want = EXPECTED[f"legacy_cuda/{key}"]
+        assert value.dtype == want.dtype
+        np.testing.assert_array_equal(value, want)
+
+
+def test_legacy_whole_module_is_inert() -> None:
+    """torch.save(module) names the module's class by persistent id: a placeholder here."""
+    module = torch_pickle.load(fixture("legacy_module.pth"))
+    assert isinstance(module, OpaqueObject)
+    assert (module.module, module.name) == ("__main__", "WholeNet")
+    np.testing.assert_array_equal(
+        module.state["_parameters"]["weight"], EXPECTED["legacy_module/weight"]
+    )
+    np.testing.assert_array_equal(module.state["_buffers"]["mean"], EXPECTED["legacy_module/mean"])
+    with pytest.raises(UnsafePickleError, match="WholeNet"):
+        module()
+
+
+def test_legacy_pickle_protocol_1() -> None:
+    """pickle_protocol=1 writes the magic number as text, without a PROTO opcode."""
+    assert open(fixture("legacy_proto1.pth"), "rb").read(1) == b"L"
+    loaded = torch_pickle.load(fixture("legacy_proto1.pth"))
+    np.testing.assert_array_equal(loaded["w"], EXPECTED["legacy_proto1/w"])
+    assert loaded["w"].dtype == np.int64
+
+
+def test_legacy_never_uses_torch_or_stock_pickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("stock unpickling used")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    for name in ("legacy_tensors.pth", "legacy_cuda.pth", "legacy_module.pth"):
+        torch_pickle.load(fixture(name))
+    assert "torch" not in sys.modules
+
+
+@pytest.mark.parametrize("location", ["cpu", "cuda", "cuda:0", "cuda:12", "mps", "xla:1"])
+def test_storage_locations_accepted(location: str) -> None:
+    assert torch_pickle._location(location) == location
+
+
+@pytest.mark.parametrize("location", ["", "cuda:", ":0", "cuda:0 ", "cuda:x", "a/b", 0, None, b"cpu"])
+def test_malformed_storage_locations_refused(location: object) -> None:
+    with pytest.raises(CheckpointError, match="invalid storage location"):
+        torch_pickle._location(location)
+
+
+def test_tar_format_refused(tmp_path) -> None:
+    """PyTorch 0.1.x wrote a tar archive of 'storages', 'tensors' and 'pickle' members."""
+    path = tmp_path / "ancient.pth"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("sys_info", "pickle", "storages", "tensors"):
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"."))
+    with pytest.raises(CheckpointError, match=r"oldest torch\.save format \(a tar archive") as e:
+        torch_pickle.load(path)
+    assert "weights_only=False" in str(e.value) and "ancient.pth" in str(e.value)
 
 
 # --- unreadable files ----------------------------------------------------------------
@@ -560,3 +700,259 @@ def test_unreadable_pickle_wrapped(tmp_path) -> None:
     # SETITEM on a tuple: a TypeError inside the unpickler becomes CheckpointError.
     with pytest.raises(CheckpointError, match="could not be unpickled"):
         torch_pickle.load(checkpoint(tmp_path, value((1,)) + value("k") + value("v") + SETITEM))
+
+
+# --- crafted legacy-format files -------------------------------------------------------
+#
+# The same hostile bodies in the legacy stream: magic number, protocol version, system
+# info, the main pickle, the storage-key list, then each storage as int64 count + bytes.
+
+MAGIC = 0x1950A86A20F9469CFC6C
+SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"int": 4}}
+
+
+def plain(obj: object) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+def legacy_storage(
+    key: str = "0",
+    numel: int = 4,
+    location: object = "cpu",
+    view: tuple | None = None,
+    storage_type: bytes = global_("torch", "FloatStorage"),
+) -> bytes:
+    return (
+        MARK
+        + value("storage")
+        + storage_type
+        + value(key)
+        + value(location)
+        + value(numel)
+        + value(view)
+        + TUPLE
+        + BINPERSID
+    )
+
+
+def legacy_tensor(storage: bytes | None = None, size: tuple = (4,), stride: tuple = (1,),
+                  offset: int = 0) -> bytes:
+    hooks = call(global_("collections", "OrderedDict"))
+    args = [storage or legacy_storage(), value(offset), value(size), value(stride), value(False), hooks]
+    return call(global_("torch._utils", "_rebuild_tensor_v2"), *args)
+
+
+def legacy_file(
+    tmp_path,
+    evil: bytes = value(None),
+    *,
+    weight: bytes | None = None,
+    header: list[bytes] | None = None,
+    keys: bytes = plain(["0"]),
+    records: bytes = struct.pack("<q", 4) + np.arange(4, dtype=np.float32).tobytes(),
+    name: str = "crafted_legacy.pth",
+) -> str:
+    """Write ``{'weight': <tensor>, 'payload': <evil>}`` in torch's legacy layout."""
+    weight = legacy_tensor() if weight is None else weight
+    body = EMPTY_DICT + value("weight") + weight + SETITEM + value("payload") + evil + SETITEM
+    header = header or [plain(MAGIC), plain(1001), plain(SYS_INFO)]
+    path = tmp_path / name
+    path.write_bytes(b"".join(header) + b"\x80\x02" + body + STOP + keys + records)
+    return str(path)
+
+
+def test_crafted_benign_legacy_file_loads(tmp_path) -> None:
+    loaded = torch_pickle.load(legacy_file(tmp_path, value([1, "two"])))
+    np.testing.assert_array_equal(loaded["weight"], np.arange(4, dtype=np.float32))
+    assert loaded["payload"] == [1, "two"]
+
+
+@pytest.mark.parametrize("kind", sorted(payloads("x")))
+def test_legacy_reduce_payloads_refused(tmp_path, kind: str) -> None:
+    marker = tmp_path / f"pwned_{kind}"
+    payload, refused = payloads(str(marker))[kind]
+    with pytest.raises(UnsafePickleError, match=refused.replace(".", r"\.")) as excinfo:
+        torch_pickle.load(legacy_file(tmp_path, value(payload)))
+    assert "without executing it" in str(excinfo.value)
+    assert not marker.exists()
+
+
+def test_legacy_newobj_placeholder_then_reduce(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    placeholder = global_("os", "system") + EMPTY_TUPLE + NEWOBJ
+    evil = placeholder + MARK + value(f"touch {marker}") + TUPLE + REDUCE
+    with pytest.raises(UnsafePickleError, match=r"os\.system"):
+        torch_pickle.load(legacy_file(tmp_path, evil))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("slot", [0, 1, 2, "keys"])
+def test_legacy_bookkeeping_pickles_allow_no_globals(tmp_path, slot) -> None:
+    """A payload in the magic-number, version, system-info or key-list pickle never runs."""
+    marker = tmp_path / "pwned"
+    evil = plain(Call(os.system, f"touch {marker}"))
+    header = [plain(MAGIC), plain(1001), plain(SYS_INFO)]
+    keys = plain(["0"])
+    if slot == "keys":
+        keys = evil
+    else:
+        header[slot] = evil
+    refused = rf"{os.system.__module__}\.system.*without executing"
+    expected = r"not a torch\.save checkpoint" if slot == 0 else refused
+    with pytest.raises(CheckpointError, match=expected):
+        torch_pickle.load(legacy_file(tmp_path, header=header, keys=keys))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("slot", ["sys_info", "main", "keys"])
+def test_legacy_extension_codes_refused(tmp_path, slot: str) -> None:
+    code = 0x7FF1
+    copyreg.add_extension("os", "system", code)  # stock pickle would now resolve it
+    ext = b"\x80\x02\x83" + code.to_bytes(2, "little") + STOP
+    try:
+        if slot == "main":
+            path = legacy_file(tmp_path, b"\x83" + code.to_bytes(2, "little"))
+        elif slot == "keys":
+            path = legacy_file(tmp_path, keys=ext)
+        else:
+            path = legacy_file(tmp_path, header=[plain(MAGIC), plain(1001), ext])
+        with pytest.raises(UnsafePickleError, match="extension code"):
+            torch_pickle.load(path)
+    finally:
+        copyreg.remove_extension("os", "system", code)
+
+
+def test_legacy_build_cannot_modify_shared_objects(tmp_path) -> None:
+    for target in (global_("torch", "bfloat16"), global_("torch", "FloatStorage"),
+                   global_("collections", "OrderedDict")):
+        with pytest.raises(CheckpointError):
+            torch_pickle.load(legacy_file(tmp_path, target + value({"__call__": "x"}) + BUILD))
+    # A storage handed out by persistent_load cannot take state either.
+    with pytest.raises(CheckpointError):
+        torch_pickle.load(legacy_file(tmp_path, legacy_storage() + value({"data": b""}) + BUILD))
+    assert repr(torch_pickle.load(fixture("tensors.pth"))["misc"]["dtype"]) == "torch.bfloat16"
+
+
+def short_string(text: str) -> bytes:
+    """Python 2's ``str`` as protocol 2 writes it (SHORT_BINSTRING), raw UTF-8 bytes."""
+    data = text.encode()
+    return b"U" + bytes([len(data)]) + data
+
+
+def test_python2_cuda_file_shaped_like_lpips_vgg(tmp_path) -> None:
+    """The layout of LPIPS's vgg.pth: written by Python 2 from CUDA tensors, an OrderedDict
+    built from [key, tensor] pairs, backward hooks None, storages in sorted-key order."""
+
+    def tensor_v2(key: str, numel: int, size: tuple, stride: tuple) -> bytes:
+        storage = (
+            MARK + short_string("storage") + global_("torch", "FloatStorage")
+            + short_string(key) + short_string("cuda:0") + value(numel) + value(None)
+            + TUPLE + BINPERSID
+        )
+        return call(global_("torch._utils", "_rebuild_tensor_v2"), storage, value(0),
+                    value(size), value(stride), value(False), value(None))
+
+    pairs = [("lin0.model.1.weight", "1867776752", 2), ("lïn1", "1855717296", 3)]
+    items = b"".join(
+        b"]" + MARK + short_string(k) + tensor_v2(key, n, (1, n, 1, 1), (n, 1, 1, 1)) + b"e"
+        for k, key, n in pairs
+    )
+    body = call(global_("collections", "OrderedDict"), b"]" + MARK + items + b"e")
+    header = b"".join([plain(MAGIC), plain(1001), plain(SYS_INFO)])
+    keys = b"\x80\x02]" + MARK + short_string("1855717296") + short_string("1867776752") + b"e."
+    records = struct.pack("<q", 3) + np.float32([3, 4, 5]).tobytes()
+    records += struct.pack("<q", 2) + np.float32([1, 2]).tobytes()
+    path = tmp_path / "vgg.pth"
+    path.write_bytes(header + b"\x80\x02" + body + STOP + keys + records)
+    loaded = torch_pickle.load(path)
+    assert isinstance(loaded, collections.OrderedDict)
+    assert list(loaded) == ["lin0.model.1.weight", "lïn1"]  # Python 2 bytes decoded as UTF-8
+    np.testing.assert_array_equal(loaded["lin0.model.1.weight"], np.float32([1, 2]).reshape(1, 2, 1, 1))
+    np.testing.assert_array_equal(loaded["lïn1"], np.float32([3, 4, 5]).reshape(1, 3, 1, 1))
+
+
+def test_legacy_rebuild_tensor_v1(tmp_path) -> None:
+    """PyTorch 0.1.x-0.3 pickled tensors as _rebuild_tensor(storage, offset, size, stride)."""
+    evil = call(global_("torch._utils", "_rebuild_tensor"), legacy_storage(),
+                value(1), value((2, 1)), value((1, 1)))
+    loaded = torch_pickle.load(legacy_file(tmp_path, evil))
+    np.testing.assert_array_equal(loaded["payload"], np.float32([[1], [2]]))
+    np.testing.assert_array_equal(loaded["weight"], np.arange(4, dtype=np.float32))
+    assert not np.shares_memory(loaded["payload"], loaded["weight"])
+
+
+def test_legacy_storage_views(tmp_path) -> None:
+    """view_metadata (view_key, offset, numel): a storage that is a slice of another."""
+    view = legacy_storage(view=("v", 1, 2))
+    evil = MARK + legacy_tensor(view, size=(2,)) + legacy_tensor(view, size=(1,), offset=1) + view + b"l"
+    loaded = torch_pickle.load(legacy_file(tmp_path, evil))
+    first, second, storage = loaded["payload"]
+    np.testing.assert_array_equal(first, np.float32([1, 2]))
+    np.testing.assert_array_equal(second, np.float32([2]))
+    assert bytes(storage.data) == np.float32([1, 2]).tobytes()
+    np.testing.assert_array_equal(loaded["weight"], np.arange(4, dtype=np.float32))
+    with pytest.raises(CheckpointError, match="reaches past the end"):
+        torch_pickle.load(legacy_file(tmp_path, legacy_tensor(view, size=(3,))))
+    with pytest.raises(CheckpointError, match="malformed storage view"):
+        torch_pickle.load(legacy_file(tmp_path, legacy_storage(view=("v", 3, 2))))
+
+
+def test_legacy_module_reference_must_name_a_class(tmp_path) -> None:
+    evil = MARK + value("module") + global_("collections", "OrderedDict") + value(None) * 2
+    with pytest.raises(CheckpointError, match="malformed module reference"):
+        torch_pickle.load(legacy_file(tmp_path, evil + TUPLE + BINPERSID))
+
+
+RECORD = struct.pack("<q", 4) + np.arange(4, dtype=np.float32).tobytes()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"header": [plain(MAGIC + 1), plain(1001), plain(SYS_INFO)]}, "not a torch.save checkpoint"),
+        ({"header": [plain({"a": 1})]}, "not a torch.save checkpoint"),
+        ({"header": [plain(MAGIC), plain(1002), plain(SYS_INFO)]}, "protocol version is 1002"),
+        ({"header": [plain(MAGIC), plain(1001), plain([])]}, "system-info record is malformed"),
+        ({"keys": plain(["0", "1"])}, "lists storage 1, which its pickle never refers to"),
+        ({"keys": plain([])}, "storage 0, which its pickle refers to, is missing"),
+        ({"keys": plain(["0", "0"])}, "list of storage keys is malformed"),
+        ({"keys": plain("0")}, "list of storage keys is malformed"),
+        ({"records": RECORD[:-1]}, "storage 0 is truncated"),
+        ({"records": RECORD[:5]}, "ends before storage 0"),
+        ({"records": struct.pack("<q", 3) + RECORD[8:]}, "holds 3 elements in the file"),
+        ({"weight": legacy_tensor(legacy_storage(numel=10**9))}, "more storage bytes than the file"),
+        ({"weight": legacy_tensor(size=(5,))}, "reaches past the end of storage 0"),
+        ({"weight": legacy_tensor(legacy_storage(location="cuda:0; rm"))}, "invalid storage location"),
+        ({"weight": legacy_tensor(legacy_storage(location=0))}, "invalid storage location"),
+        ({"evil": legacy_storage(numel=8)}, "inconsistent types or sizes"),
+        ({"evil": value(("storage", "x")) + BINPERSID}, "unexpected persistent id"),
+        ({"evil": legacy_storage(storage_type=value("FloatStorage"))}, "unsupported storage type"),
+        ({"evil": b"\xff"}, "its pickle is not a valid pickle"),
+        ({"evil": value((1,)) + value("k") + value("v") + SETITEM}, "could not be unpickled"),
+        # BINBYTES8 claiming 2**60 bytes: refused without trying to read (allocate) them.
+        ({"evil": b"\x8e" + struct.pack("<Q", 2**60)}, "ends inside its pickle"),
+    ],
+    ids=[
+        "bad_magic", "plain_pickle", "bad_version", "bad_sys_info", "extra_key", "missing_key",
+        "duplicate_key", "keys_not_list", "short_record", "short_header", "count_mismatch",
+        "huge_storage", "past_end", "location_text", "location_type", "size_mismatch",
+        "bad_pid", "bad_storage_type", "bad_opcode", "unpickling_error", "forged_length",
+    ],
+)
+def test_malformed_legacy_files(tmp_path, kwargs: dict, message: str) -> None:
+    with pytest.raises(CheckpointError, match=message) as excinfo:
+        torch_pickle.load(legacy_file(tmp_path, **kwargs))
+    assert "crafted_legacy.pth: " in str(excinfo.value)
+
+
+def test_truncated_legacy_files(tmp_path) -> None:
+    data = open(fixture("legacy_tensors.pth"), "rb").read()
+    path = tmp_path / "truncated.pth"
+    for cut in range(1, len(data), 7):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated"):
+            torch_pickle.load(path)
+    # Just torch's magic number (as tests/test_lpips.py writes).
+    path.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")
+    with pytest.raises(CheckpointError, match="ends inside its protocol version"):
+        torch_pickle.load(path)

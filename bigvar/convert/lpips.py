@@ -38,11 +38,7 @@ ANCHOR = "net.slice1.0.weight"
 _CONVERT_HELP = ("usage: python -m bigvar.convert lpips --vgg=vgg16-397923af.pth --lin=vgg.pth "
                  "--out=DIR, or --lpips=CKPT (a checkpoint holding a whole LPIPS state dict) "
                  "--out=DIR")
-_LEGACY_HINT = (
-    "The official downloads (torchvision's vgg16-397923af.pth and LPIPS's vgg.pth) are both in "
-    "this pre-1.6 format; re-save each once with PyTorch, e.g.\n"
-    "  python -c \"import sys, torch; torch.save(torch.load(sys.argv[1], map_location='cpu'), sys.argv[2])\" "
-    "vgg.pth vgg_zip.pth\nand pass the re-saved files.")
+
 
 
 def _slice_of(index: int) -> int:
@@ -153,15 +149,8 @@ def convert_lpips_state_dict(sd: dict, path: str = "LPIPS") -> dict:
 
 
 def read_state_dict(path: str) -> dict:
-    try:
-        obj = torch_pickle.load(path)
-    except torch_pickle.CheckpointError as e:
-        with open(path, "rb") as f:
-            legacy = f.read(1) == b"\x80"
-        if legacy:
-            raise ConversionError(f"{e}\n{_LEGACY_HINT}") from e
-        raise
-    return find_state_dict(obj, [("state_dict",), ("model",), ("ema",)], path)
+    """A state dict from a zip-format or legacy (pre-1.6, e.g. LPIPS's vgg.pth) torch file."""
+    return find_state_dict(torch_pickle.load(path), [("state_dict",), ("model",), ("ema",)], path)
 
 
 def convert(vgg_path: str | None = None, lin_path: str | None = None,

@@ -2,8 +2,14 @@
 
 A modern ``.pth`` file is a zip archive holding ``<prefix>/data.pkl`` (a pickle that
 describes the saved object) and one raw little-endian record ``<prefix>/data/<key>``
-per tensor storage. Unpickling with the stock machinery would let the file call any
-importable function, so this reader uses its own unpickler:
+per tensor storage. The legacy format (PyTorch before 1.6, or
+``_use_new_zipfile_serialization=False``) is one stream instead: a pickled magic number,
+protocol version and system-info dict, the pickle describing the object, a pickled list
+of storage keys, then each storage as an int64 element count and its raw little-endian
+bytes. Both are read; the oldest format (a tar archive, PyTorch 0.1.x) is refused.
+
+Unpickling with the stock machinery would let the file call any importable function,
+so this reader uses its own unpickler:
 
 * Only an explicit allowlist of callables can ever run (torch's tensor/parameter
   rebuild functions, reimplemented here on numpy, plus a few inert builtins).
@@ -14,6 +20,9 @@ importable function, so this reader uses its own unpickler:
   object still load.
 * Objects the pickle can reach are either fresh, immutable, or unable to take state, so
   BUILD cannot tamper with shared objects (including numpy's global dtypes).
+* The legacy format's other pickles (magic number, version, system info, key list) are
+  read with an unpickler that allows no globals at all, and every pickle is checked
+  for extension codes before it is unpickled.
 
 Tensors come back as numpy arrays (bfloat16 and float8 via ``ml_dtypes``).
 """
@@ -27,6 +36,7 @@ import math
 import os
 import pickle
 import pickletools
+import re
 import struct
 import zipfile
 import zlib
@@ -89,7 +99,12 @@ class OpaqueObject:
 
 
 def load(path: str | os.PathLike[str]) -> Any:
-    """Return the object saved in the `torch.save` zip checkpoint at ``path``.
+    """Return the object saved in the `torch.save` checkpoint at ``path``.
+
+    Reads the zip format (PyTorch >= 1.6) and the legacy stream format (older PyTorch,
+    or ``_use_new_zipfile_serialization=False``), including files saved from CUDA
+    tensors: storage locations such as ``"cuda:0"`` are ignored and every tensor is
+    read into host memory.
 
     Every tensor comes back as a C-contiguous, writable numpy array that shares memory
     with no other returned array (a tensor the checkpoint references twice comes back
@@ -99,12 +114,19 @@ def load(path: str | os.PathLike[str]) -> Any:
     ``torch.Size`` becomes a tuple, ``torch.device`` a string such as ``"cuda:0"``, and
     instances of other classes `OpaqueObject` placeholders.
 
-    Raises `CheckpointError` for files that cannot be read (with advice for the legacy
-    pre-1.6 format) and `UnsafePickleError` when the pickle asks to call anything outside
-    the allowlist; in both cases nothing from the file was executed. ``OSError`` if the
-    file cannot be opened.
+    Raises `CheckpointError` for files that cannot be read (with advice for the tar
+    format of PyTorch 0.1.x) and `UnsafePickleError` when a pickle asks to call anything
+    outside the allowlist; in both cases nothing from the file was executed. ``OSError``
+    if the file cannot be opened.
     """
     try:
+        with open(path, "rb") as f:
+            container = _container(f.read(512))
+            if container == "legacy":
+                f.seek(0)
+                return _load_legacy(f)
+        if container == "tar":
+            raise CheckpointError(_TAR_MESSAGE)
         with _Archive(path) as archive:
             data = archive.read_pickle()
             _refuse_extension_codes(data)
@@ -144,6 +166,10 @@ def _refusal(action: str) -> str:
     )
 
 
+_EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+_EXTENSION_REFUSAL = "resolve a global through a copyreg extension code"
+
+
 def _refuse_extension_codes(data: bytes) -> None:
     """Reject EXT opcodes before unpickling: torch never writes them, and the C
     unpickler resolves them through a process-wide cache that bypasses find_class."""
@@ -151,8 +177,8 @@ def _refuse_extension_codes(data: bytes) -> None:
         opcodes = {opcode.name for opcode, _, _ in pickletools.genops(data)}
     except ValueError as e:
         raise CheckpointError(f"its data.pkl is not a valid pickle ({e})") from e
-    if opcodes & {"EXT1", "EXT2", "EXT4"}:
-        raise UnsafePickleError(_refusal("resolve a global through a copyreg extension code"))
+    if opcodes & _EXTENSION_OPCODES:
+        raise UnsafePickleError(_refusal(_EXTENSION_REFUSAL))
 
 
 # --- objects find_class hands to the pickle --------------------------------------
@@ -311,6 +337,20 @@ def _encode(text: str, encoding: str) -> bytes:
     return text.encode("latin-1")
 
 
+_LOCATION = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(:[0-9]+)?")
+
+
+def _location(location: Any) -> str:
+    """Validate a storage location tag (``"cpu"``, ``"cuda:0"``, ``"mps"``, ...).
+
+    The tag only says where torch would put the storage; this reader puts every
+    storage in host memory, so any well-formed device tag is accepted.
+    """
+    if not (isinstance(location, str) and _LOCATION.fullmatch(location)):
+        raise CheckpointError(f"invalid storage location {location!r}")
+    return location
+
+
 def _device(kind: str, index: int | None = None) -> str:
     if not isinstance(kind, str) or not (index is None or isinstance(index, int)):
         raise CheckpointError(f"invalid torch.device arguments {(kind, index)!r}")
@@ -433,12 +473,6 @@ class _Archive:
 
 
 def _not_a_zip_message(head: bytes) -> str:
-    if head[:1] == b"\x80":  # a bare pickle stream: torch.save before 1.6
-        return (
-            "it uses the legacy (pre-1.6, non-zip) torch.save format, which this reader "
-            "does not support. Re-save it with a modern PyTorch, e.g. "
-            "`torch.save(torch.load(p), p2)`, and load p2."
-        )
     if head[:2] == b"PK":
         return "it looks like a zip archive but is truncated or corrupt"
     return "it is not a torch.save checkpoint (not a zip archive)"
@@ -448,36 +482,60 @@ def _not_a_zip_message(head: bytes) -> str:
 
 
 class _Storage(_Frozen):
-    """One storage record, read once however many tensors view it."""
+    """One storage record, read once however many tensors view it.
 
-    __slots__ = ("name", "dtype", "data")
+    ``data`` is its ``nbytes`` bytes; in the legacy format it is ``None`` until the
+    records after the pickle have been read. A legacy storage *view* (written by very
+    old PyTorch) is the ``nbytes`` bytes from element ``base`` of storage ``root``.
+    """
+
+    __slots__ = ("name", "dtype", "nbytes", "data", "root", "base")
     name: str
     dtype: np.dtype
-    data: memoryview
+    nbytes: int
+    data: memoryview | None
+    root: _Storage | None
+    base: int
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        dtype: np.dtype,
+        nbytes: int,
+        data: memoryview | None = None,
+        root: _Storage | None = None,
+        base: int = 0,
+    ) -> None:
+        super().__init__(name=name, dtype=dtype, nbytes=nbytes, data=data, root=root, base=base)
 
     def __repr__(self) -> str:
         return f"<storage {self.name}>"
 
-    def elements(self, dtype: np.dtype) -> np.ndarray:
-        if self.data.nbytes % dtype.itemsize:
+    def count(self, dtype: np.dtype) -> int:
+        """How many ``dtype`` elements the storage holds."""
+        if self.nbytes % dtype.itemsize:
             raise CheckpointError(
-                f"storage {self.name} holds {self.data.nbytes} bytes, not a whole number "
+                f"storage {self.name} holds {self.nbytes} bytes, not a whole number "
                 f"of {dtype} elements"
             )
-        return np.frombuffer(self.data, dtype)
+        return self.nbytes // dtype.itemsize
 
 
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that resolves globals only through the allowlist and reads storages
     from the archive. It never imports a module named in the pickle."""
 
-    def __init__(self, file: io.BytesIO, archive: _Archive) -> None:
-        super().__init__(file)
+    def __init__(
+        self, file: io.BytesIO, archive: _Archive | None, encoding: str = "ASCII"
+    ) -> None:
+        super().__init__(file, encoding=encoding)
         self._archive = archive
         self._storages: dict[str, _Storage] = {}
         self._claimed: set[str] = set()  # storages whose buffer a returned array may own
         self._stubs: dict[tuple[str, str], type] = {}
         rebuilders = {
+            "_rebuild_tensor": self._rebuild_tensor,  # PyTorch 0.1.x to 0.3
             "_rebuild_tensor_v2": self._rebuild_tensor_v2,
             "_rebuild_tensor_v3": self._rebuild_tensor_v3,
             "_rebuild_parameter": _rebuild_parameter,
@@ -518,24 +576,33 @@ class _SafeUnpickler(pickle.Unpickler):
         """Resolve ``('storage', storage_type, key, location, numel)`` to its record."""
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise CheckpointError(f"unexpected persistent id {pid!r} in data.pkl")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"unsupported storage type {storage_type!r}")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise CheckpointError(f"malformed storage reference {pid!r} in data.pkl")
+        _, storage_type, key, location, numel = pid
+        _check_storage_reference(storage_type, key, location, numel, pid)
         nbytes = numel * storage_type.dtype.itemsize
         storage = self._storages.get(key)
         if storage is None:
+            assert self._archive is not None
             data = self._archive.read_storage(key, nbytes)
-            storage = _Storage(name=f"data/{key}", dtype=storage_type.dtype, data=data)
+            storage = _Storage(
+                name=f"data/{key}", dtype=storage_type.dtype, nbytes=nbytes, data=data
+            )
             self._storages[key] = storage
-        elif storage.dtype != storage_type.dtype or storage.data.nbytes != nbytes:
+        elif storage.dtype != storage_type.dtype or storage.nbytes != nbytes:
             raise CheckpointError(
                 f"storage data/{key} is referenced with inconsistent types or sizes"
             )
         return storage
 
     # Reimplementations of torch's rebuild functions; argument lists mirror torch._utils.
+
+    def _rebuild_tensor(
+        self,
+        storage: _Storage,
+        storage_offset: int,
+        size: tuple[int, ...],
+        stride: tuple[int, ...],
+    ) -> np.ndarray:
+        return self._rebuild_tensor_v2(storage, storage_offset, size, stride, False, None)
 
     def _rebuild_tensor_v2(
         self,
@@ -599,41 +666,69 @@ class _SafeUnpickler(pickle.Unpickler):
             isinstance(metadata, dict) and set(metadata) <= {"conj", "neg"}
         ):
             raise CheckpointError(f"unsupported tensor metadata {metadata!r}")
-        elements = storage.elements(dtype)
+        count = storage.count(dtype)
         if 0 in size:
             return np.zeros(size, dtype)
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-        if last >= elements.size:
+        if last >= count:
             raise CheckpointError(
                 f"a tensor of size {size} at offset {offset} reaches past the end of "
-                f"storage {storage.name} ({elements.size} elements)"
+                f"storage {storage.name} ({count} elements)"
             )
         # The first tensor to cover a whole storage contiguously takes over its buffer;
         # every other tensor gets its own copy, so no two returned arrays share memory.
         takes_buffer = (
-            storage.name not in self._claimed
+            storage.root is None
+            and storage.name not in self._claimed
             and not metadata
             and offset == 0
-            and math.prod(size) == elements.size
+            and math.prod(size) == count
             and _is_c_contiguous(size, stride)
         )
         self._claimed.add(storage.name)
+        return self._array(storage, dtype, offset, size, stride, metadata, takes_buffer)
+
+    def _array(
+        self,
+        storage: _Storage,
+        dtype: np.dtype,
+        offset: int,
+        size: tuple[int, ...],
+        stride: tuple[int, ...],
+        metadata: dict | None,
+        takes_buffer: bool,
+    ) -> np.ndarray:
+        """The array for a validated tensor layout over a storage whose bytes are here."""
+        assert storage.data is not None
         if takes_buffer:
-            array = elements.reshape(size)
-        else:
-            view = np.ndarray(
-                size,
-                dtype,
-                buffer=storage.data,
-                offset=offset * dtype.itemsize,
-                strides=tuple(s * dtype.itemsize for s in stride),
-            )
-            array = view.copy()
-        if metadata and metadata.get("neg"):
-            np.negative(array, out=array)
-        if metadata and metadata.get("conj"):
-            np.conjugate(array, out=array)
-        return array
+            return np.frombuffer(storage.data, dtype).reshape(size)
+        view = np.ndarray(
+            size,
+            dtype,
+            buffer=storage.data,
+            offset=offset * dtype.itemsize,
+            strides=tuple(s * dtype.itemsize for s in stride),
+        )
+        return _apply_bits(view.copy(), metadata)
+
+
+def _apply_bits(array: np.ndarray, metadata: dict | None) -> np.ndarray:
+    """Resolve torch's lazy negation and conjugation bits in place."""
+    if metadata and metadata.get("neg"):
+        np.negative(array, out=array)
+    if metadata and metadata.get("conj"):
+        np.conjugate(array, out=array)
+    return array
+
+
+def _check_storage_reference(
+    storage_type: Any, key: Any, location: Any, numel: Any, pid: tuple
+) -> None:
+    if not isinstance(storage_type, _StorageType):
+        raise CheckpointError(f"unsupported storage type {storage_type!r}")
+    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        raise CheckpointError(f"malformed storage reference {pid!r}")
+    _location(location)
 
 
 def _rebuild_parameter(
@@ -652,3 +747,303 @@ def _is_c_contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
             return False
         expected *= n
     return True
+
+
+# --- the legacy (pre-1.6) stream format --------------------------------------------
+
+_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C  # the first pickle of every legacy torch.save file
+_LEGACY_PROTOCOL_VERSION = 1001
+_RESAVE_ADVICE = (
+    "Re-save it with a current PyTorch, if you trust where it came from: "
+    "`torch.save(torch.load(p, map_location='cpu', weights_only=False), p2)`, and load p2."
+)
+_TAR_MESSAGE = (
+    "it uses PyTorch's oldest torch.save format (a tar archive, written by PyTorch 0.1.x), "
+    "which this reader does not support. " + _RESAVE_ADVICE
+)
+_NOT_TORCH_MESSAGE = (
+    "it is a pickle file but not a torch.save checkpoint: it does not begin with "
+    "torch.save's magic number. Nothing in it was run."
+)
+
+
+def _container(head: bytes) -> str:
+    """``"legacy"``, ``"tar"`` or ``"zip"`` (anything else is left to the zip reader)."""
+    if head[:2] == b"PK":
+        return "zip"
+    # torch writes the magic number with pickle protocol 2 (``\x80\x02``); protocols 0
+    # and 1 (``pickle_protocol=``) write it as the text opcode LONG.
+    if head[:1] == b"\x80" or head.startswith(b"L%d" % _MAGIC_NUMBER):
+        return "legacy"
+    if head[257:262] == b"ustar":  # POSIX and GNU tar headers
+        return "tar"
+    return "zip"
+
+
+class _BoundedReader:
+    """A file view for pickletools that never asks for more bytes than the file holds,
+    so a forged length in an opcode cannot make it allocate a huge buffer."""
+
+    def __init__(self, file: io.BufferedReader, size: int) -> None:
+        self._file = file
+        self._size = size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._size - self._file.tell())
+        return self._file.read(left if n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self._file.readline()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickler for the legacy format's bookkeeping pickles: plain data only."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._what = what
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnsafePickleError(_refusal(f"use {module}.{name} in its {self._what}"))
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise CheckpointError(f"its {self._what} refers to {pid!r}, which torch never writes")
+
+
+class _PendingTensor:
+    """A legacy tensor whose array exists but whose storage bytes come later."""
+
+    __slots__ = ("root", "array", "byte_offset", "stride", "metadata", "takes_buffer")
+
+    def __init__(
+        self,
+        root: _Storage,
+        array: np.ndarray,
+        byte_offset: int,
+        stride: tuple[int, ...],
+        metadata: dict | None,
+        takes_buffer: bool,
+    ) -> None:
+        self.root = root
+        self.array = array
+        self.byte_offset = byte_offset
+        self.stride = stride
+        self.metadata = metadata
+        self.takes_buffer = takes_buffer
+
+
+class _LegacyUnpickler(_SafeUnpickler):
+    """The main pickle of a legacy file: the same allowlist as for the zip format.
+
+    Storage bytes follow the pickle in the file, so each tensor is returned as a
+    freshly allocated array that `read_storages` fills in afterwards.
+    """
+
+    def __init__(self, data: bytes, file_size: int) -> None:
+        # torch.load decodes Python 2 byte strings as UTF-8; so does this reader.
+        super().__init__(io.BytesIO(data), None, encoding="utf-8")
+        self._file_size = file_size
+        self._referenced_bytes = 0
+        self._roots: dict[str, _Storage] = {}
+        self._views: dict[str, _Storage] = {}
+        self._pending: list[_PendingTensor] = []
+
+    def persistent_load(self, pid: Any) -> Any:
+        """Resolve ``('storage', storage_type, root_key, location, numel, view_metadata)``
+        and ``('module', nn.Module subclass, source_file, source)``."""
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+            # torch.save of a whole nn.Module names its class this way (with the class's
+            # source, which torch only compares). The class was resolved by find_class.
+            if not isinstance(pid[1], _UnresolvedGlobal):
+                raise CheckpointError(f"malformed module reference {pid[1]!r}")
+            return pid[1]
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise CheckpointError(f"unexpected persistent id {pid!r} in its pickle")
+        _, storage_type, key, location, numel, view = pid
+        _check_storage_reference(storage_type, key, location, numel, pid)
+        dtype = storage_type.dtype
+        nbytes = numel * dtype.itemsize
+        root = self._roots.get(key)
+        if root is None:
+            # Every storage is stored in the file, so a pickle that refers to more bytes
+            # than the file holds is corrupt: refuse before allocating anything.
+            self._referenced_bytes += nbytes
+            if self._referenced_bytes > self._file_size:
+                raise CheckpointError(
+                    "its pickle refers to more storage bytes than the file holds "
+                    "(truncated file?)"
+                )
+            root = _Storage(name=key, dtype=dtype, nbytes=nbytes)
+            self._roots[key] = root
+        elif root.dtype != dtype or root.nbytes != nbytes:
+            raise CheckpointError(f"storage {key} is referenced with inconsistent types or sizes")
+        if view is None:
+            return root
+        # (view_key, offset, numel): a storage that is a slice of the root storage, as
+        # PyTorch 0.1.x-0.3 could write; later versions always write None.
+        if not (
+            isinstance(view, tuple)
+            and len(view) == 3
+            and isinstance(view[0], str)
+            and all(isinstance(v, int) and v >= 0 for v in view[1:])
+            and view[1] + view[2] <= numel
+        ):
+            raise CheckpointError(f"malformed storage view {view!r} of storage {key}")
+        view_key, base, view_numel = view
+        storage = self._views.get(view_key)
+        if storage is None:
+            storage = _Storage(
+                name=f"{view_key} (a view of storage {key})",
+                dtype=dtype,
+                nbytes=view_numel * dtype.itemsize,
+                root=root,
+                base=base,
+            )
+            self._views[view_key] = storage
+        elif (storage.root, storage.base, storage.nbytes) != (root, base, view_numel * dtype.itemsize):
+            raise CheckpointError(f"storage view {view_key} is referenced inconsistently")
+        return storage
+
+    def _array(
+        self,
+        storage: _Storage,
+        dtype: np.dtype,
+        offset: int,
+        size: tuple[int, ...],
+        stride: tuple[int, ...],
+        metadata: dict | None,
+        takes_buffer: bool,
+    ) -> np.ndarray:
+        array = np.empty(size, dtype)
+        root = storage if storage.root is None else storage.root
+        byte_offset = storage.base * storage.dtype.itemsize + offset * dtype.itemsize
+        self._pending.append(
+            _PendingTensor(root, array, byte_offset, stride, metadata, takes_buffer)
+        )
+        return array
+
+    def read_storages(self, file: io.BufferedReader, keys: Any) -> None:
+        """Read the storage records at the file's position, in the order of ``keys``,
+        and fill in every tensor the pickle created."""
+        if not (
+            isinstance(keys, list)
+            and all(isinstance(k, str) for k in keys)
+            and len(set(keys)) == len(keys)
+        ):
+            raise CheckpointError("its list of storage keys is malformed")
+        for key in keys:
+            if key not in self._roots:
+                raise CheckpointError(
+                    f"it lists storage {key}, which its pickle never refers to (corrupt file?)"
+                )
+        for key in self._roots:
+            if key not in keys:
+                raise CheckpointError(
+                    f"storage {key}, which its pickle refers to, is missing from the file "
+                    "(corrupt file?)"
+                )
+        tensors: dict[str, list[_PendingTensor]] = {}
+        for pending in self._pending:
+            tensors.setdefault(pending.root.name, []).append(pending)
+        for key in keys:
+            root = self._roots[key]
+            header = file.read(8)
+            if len(header) < 8:
+                raise CheckpointError(f"it ends before storage {key} (truncated file?)")
+            (numel,) = struct.unpack("<q", header)
+            if numel * root.dtype.itemsize != root.nbytes:
+                raise CheckpointError(
+                    f"storage {key} holds {numel} elements in the file, but its pickle "
+                    f"says {root.nbytes // root.dtype.itemsize} (corrupt file?)"
+                )
+            views = tensors.get(key, [])
+            owner = next((t for t in views if t.takes_buffer), None)
+            # Read straight into the array of the tensor that covers the storage, if any.
+            if owner is not None:
+                buffer = owner.array.reshape(-1).view(np.uint8)
+            else:
+                buffer = np.empty(root.nbytes, np.uint8)
+            if file.readinto(buffer) != root.nbytes:
+                raise CheckpointError(f"storage {key} is truncated (truncated file?)")
+            object.__setattr__(root, "data", memoryview(buffer))
+            for t in views:
+                if t is not owner:
+                    itemsize = t.array.dtype.itemsize
+                    source = np.ndarray(
+                        t.array.shape,
+                        t.array.dtype,
+                        buffer=buffer,
+                        offset=t.byte_offset,
+                        strides=tuple(s * itemsize for s in t.stride),
+                    )
+                    np.copyto(t.array, source)
+                    _apply_bits(t.array, t.metadata)
+        for view in self._views.values():
+            assert view.root is not None and view.root.data is not None
+            start = view.base * view.dtype.itemsize
+            object.__setattr__(view, "data", view.root.data[start : start + view.nbytes])
+
+
+def _next_pickle(file: io.BufferedReader, size: int, what: str) -> bytes:
+    """The bytes of the pickle at the file's position (which ends up just past it),
+    checked for extension codes before anything unpickles them."""
+    start = file.tell()
+    try:
+        opcodes = {opcode.name for opcode, _, _ in pickletools.genops(_BoundedReader(file, size))}
+    except ValueError as e:
+        if file.tell() >= size:
+            raise CheckpointError(f"it ends inside its {what} (truncated file?)") from e
+        raise CheckpointError(f"its {what} is not a valid pickle ({e})") from e
+    if opcodes & _EXTENSION_OPCODES:
+        raise UnsafePickleError(_refusal(_EXTENSION_REFUSAL))
+    end = file.tell()
+    file.seek(start)
+    return file.read(end - start)
+
+
+def _plain(data: bytes, what: str) -> Any:
+    try:
+        return _PlainUnpickler(data, what).load()
+    except CheckpointError:
+        raise
+    except _PICKLE_FAILURES as e:
+        raise CheckpointError(
+            f"its {what} could not be unpickled ({type(e).__name__}: {e})"
+        ) from e
+
+
+def _load_legacy(file: io.BufferedReader) -> Any:
+    size = os.fstat(file.fileno()).st_size
+    try:
+        magic = _plain(_next_pickle(file, size, "magic number"), "magic number")
+    except UnsafePickleError as e:
+        raise CheckpointError(_NOT_TORCH_MESSAGE) from e
+    if type(magic) is not int or magic != _MAGIC_NUMBER:
+        raise CheckpointError(_NOT_TORCH_MESSAGE)
+    version = _plain(_next_pickle(file, size, "protocol version"), "protocol version")
+    if type(version) is not int or version != _LEGACY_PROTOCOL_VERSION:
+        raise CheckpointError(
+            f"its legacy-format protocol version is {version!r}, not "
+            f"{_LEGACY_PROTOCOL_VERSION}; this reader does not know that format. "
+            + _RESAVE_ADVICE
+        )
+    # The system info records the saving machine's byte order and C type sizes; it is
+    # not needed: storage records are little-endian and count elements in int64.
+    sys_info = _plain(_next_pickle(file, size, "system info"), "system info")
+    if not isinstance(sys_info, dict):
+        raise CheckpointError("its system-info record is malformed (corrupt file?)")
+    unpickler = _LegacyUnpickler(_next_pickle(file, size, "pickle"), size)
+    try:
+        result = unpickler.load()
+    except CheckpointError:
+        raise
+    except _PICKLE_FAILURES as e:
+        raise CheckpointError(
+            f"its pickle could not be unpickled ({type(e).__name__}: {e})"
+        ) from e
+    keys = _plain(_next_pickle(file, size, "list of storage keys"), "list of storage keys")
+    unpickler.read_storages(file, keys)
+    return result

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from bigvar import checkpoint, configs, parallel
-from bigvar.tokenizers import metrics as tok_metrics
+from bigvar.tokenizers import discriminator as disc_lib, metrics as tok_metrics
 from bigvar.train import loop, optim
 from bigvar.train.generator import Schedules
 from bigvar.utils import run_init, unbox
@@ -88,8 +88,7 @@ class TokenizerTrainer:
         self.ema_decay = float(t.ema_decay)
         self.gan = self.loss_cfg.gan > 0
         if self.gan:
-            from bigvar.tokenizers.discriminator import PatchDiscriminator
-            self.disc = PatchDiscriminator(ndf=self.loss_cfg.disc_ndf,
+            self.disc = disc_lib.PatchDiscriminator(ndf=self.loss_cfg.disc_ndf,
                                            n_layers=self.loss_cfg.disc_layers)
             disc_lr = self.loss_cfg.disc_lr or None
             self.disc_tx = optim.adamw(
@@ -120,10 +119,9 @@ class TokenizerTrainer:
         if self.ema_decay > 0:
             state["ema"] = jax.tree_util.tree_map(jnp.copy, params)
         if self.gan:
-            from bigvar.tokenizers.discriminator import discriminator_init
             r = configs.image_size(self.config)
             variables = self.disc.init(k_disc, jnp.zeros((1, r, r, 3)), train=False)
-            disc_params = discriminator_init(variables["params"], k_disc,
+            disc_params = disc_lib.discriminator_init(variables["params"], k_disc,
                                              scheme=self.loss_cfg.disc_init)
             state["disc"] = {"params": disc_params, "batch_stats": variables["batch_stats"],
                              "opt_state": self.disc_tx.init(disc_params)}
@@ -182,7 +180,6 @@ class TokenizerTrainer:
     # -- the step --
     def train_step(self, state, batch, frozen, *, adversarial: bool):
         """One step; `frozen` holds the fixed LPIPS weights (an argument, not a constant)."""
-        from bigvar.tokenizers import discriminator as disc_lib
         step, params = state["step"], state["params"]
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), step)
         images = batch["image"]
@@ -193,7 +190,7 @@ class TokenizerTrainer:
         metrics = dict(terms)
         total_cot, loss = rec_cot, nll + aux_loss
         if adversarial:
-            def adv_loss(r):
+            def adv_loss(r):  # D in train mode (batch statistics), its stat updates dropped here
                 logits, _ = self._disc_logits(state["disc"], r, train=True)
                 return disc_lib.generator_adv_loss(logits)
             g_loss, adv_cot = jax.value_and_grad(adv_loss)(rec)
@@ -233,15 +230,16 @@ class TokenizerTrainer:
             new["ema"] = optim.ema_update(state["ema"], new_params, self.ema_decay)
         if adversarial:
             new["disc"], d_metrics = self._disc_update(state["disc"], images,
-                                                      jax.lax.stop_gradient(rec), step)
+                                                      jax.lax.stop_gradient(rec))
             metrics.update(d_metrics)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new = jax.lax.cond(finite, lambda: new, lambda: state)
         metrics["finite"] = finite
         return new, metrics
 
-    def _disc_update(self, disc_state, real, fake, step):
-        from bigvar.tokenizers import discriminator as disc_lib
+    def _disc_update(self, disc_state, real, fake):
+        """One hinge-loss step of D on real and (detached) fake images, each its own BatchNorm
+        batch as in the official code; the running statistics of both passes are kept."""
 
         def d_loss(dp):
             ds = dict(disc_state, params=dp)
