@@ -42,7 +42,7 @@ def demo_config(generator: str, quick: bool = False) -> ml_collections.ConfigDic
     config.seed = 0
     config.samples_per_class = 10  # generated images per class, judged and shown in the grid
     config.heldout_images = 256  # real images for the tokenizer's held-out PSNR
-    config.classifier = classifier_config()
+    config.classifier = classifier_config(steps=300)
     if generator == "var":
         config.tokenizer, config.generator = _var_pair()
     elif generator == "bigr":
@@ -91,18 +91,18 @@ def _bigr_pair():
     tok = bae_train_config(binary_size=16, img_size=32)
     tok.bae.update(nf=32, emb_dim=32, ch_mult=(1, 2, 2), res_blocks=1, attn_resolutions=(8,))
     tok.loss.update(l1=1.0, l2=1.0, lpips=0.0, gan=0.0)
-    tok.train.update(batch_size=32, steps=400, lr=2e-3, schedule="cos", b1=0.5, b2=0.9,
-                     ema_decay=0.0, log_every=50, checkpoint_every=100, sample_every=200,
+    tok.train.update(batch_size=32, steps=300, lr=2e-3, schedule="cos", b1=0.5, b2=0.9,
+                     ema_decay=0.0, log_every=50, checkpoint_every=100, sample_every=150,
                      sample_images=16)
     _procedural(tok.data)
     tok.data.transform = "bld"
 
     gen = bigr_config("L", binary_size=16)
     gen.bae = tok.bae.copy_and_resolve_references()
-    gen.bigr.update(num_classes=10, dim=192, n_layer=4, n_head=4, seq_len=64, denoise_hidden=192,
+    gen.bigr.update(num_classes=10, dim=128, n_layer=4, n_head=4, seq_len=64, denoise_hidden=128,
                     num_block_mlp=2, dropout=0.0)
-    gen.train.update(batch_size=32, steps=1000, lr=1e-3, schedule="constant", twd=0.02, twde=0.02,
-                     clip=1.0, ema_decay=0.999, log_every=50, checkpoint_every=250,
+    gen.train.update(batch_size=32, steps=1500, lr=2e-3, schedule="constant", twd=0.02, twde=0.02,
+                     clip=1.0, ema_decay=0.99, log_every=50, checkpoint_every=250,
                      sample_every=500, sample_images=20)
     _procedural(gen.data)
     gen.data.transform = "adm"
