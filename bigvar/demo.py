@@ -99,9 +99,12 @@ def _bigr_pair():
 
     gen = bigr_config("L", binary_size=16)
     gen.bae = tok.bae.copy_and_resolve_references()
-    gen.bigr.update(num_classes=10, dim=128, n_layer=4, n_head=4, seq_len=64, denoise_hidden=128,
+    # Width 96, not 128: the FFN width rounds up to a multiple of 256 (256 here, 512 at 128), so
+    # a step costs ~55% as much, and 1750 steps of it beat 1500 of width 128 (88% vs 87% class
+    # agreement; 11.5 vs 17.7 min for the whole demo).
+    gen.bigr.update(num_classes=10, dim=96, n_layer=4, n_head=4, seq_len=64, denoise_hidden=128,
                     num_block_mlp=2, dropout=0.0)
-    gen.train.update(batch_size=32, steps=1500, lr=2e-3, schedule="constant", twd=0.02, twde=0.02,
+    gen.train.update(batch_size=32, steps=1750, lr=2e-3, schedule="constant", twd=0.02, twde=0.02,
                      clip=1.0, ema_decay=0.99, log_every=50, checkpoint_every=250,
                      sample_every=500, sample_images=20)
     _procedural(gen.data)
