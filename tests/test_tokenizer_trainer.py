@@ -217,3 +217,24 @@ def test_lpips_term_from_a_converted_weights_dir_enters_the_loss(tmp_path):
     assert expected > 0
     np.testing.assert_allclose(metrics["lpips"], expected, rtol=1e-5)
     np.testing.assert_allclose(metrics["loss"], metrics["l1"] + metrics["l2"] + 0.5 * expected, rtol=1e-5)
+
+
+def test_heldout_images_from_a_folder_skip_unreadable_files_and_keep_labels(tmp_path):
+    from PIL import Image
+    config = load_config("vqvae_tiny")
+    size = 32
+    for label, name in enumerate(("a", "b")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "0_broken.png").write_bytes(b"not an image")
+        Image.fromarray(np.full((40, 48, 3), 60 + 100 * label, np.uint8)).save(d / "1.png")
+    config.data.update(source="folder", path=str(tmp_path))
+    images, labels = tok_lib.heldout_images(config, 2)
+    lo, hi = tok_lib.value_range(config)
+    assert images.shape == (2, size, size, 3) and labels.tolist() == [0, 1]
+    np.testing.assert_allclose(images[:, 0, 0, 0], lo + (hi - lo) * np.array([60, 160]) / 255, atol=1e-6)
+
+    for name in ("a", "b"):
+        (tmp_path / name / "1.png").write_bytes(b"not an image either")
+    with pytest.raises(ValueError, match="decode as images"):
+        tok_lib.heldout_images(config, 2)

@@ -310,12 +310,16 @@ def heldout_images(config, count: int, *, seed_offset: int = 1_000_003):
         val = transforms.make_image_transform(d.transform, size, train=False)
         records, images = [], []
         for i in range(min(count * 2, len(src))):
-            decoded = transforms.decode(src[i])
+            record = src[i]
+            decoded = transforms.decode(record)
             if decoded is not None:
-                records.append(src[i])
+                records.append(record)
                 images.append(val(decoded, None))
             if len(images) == count:
                 break
+        if not images:
+            raise ValueError(f"none of the first {min(count * 2, len(src))} records of {d.path!r} "
+                             "decode as images: check --config.data.path")
         images = np.stack(images)
     labels = np.asarray([int(r["label"]) for r in records], np.int32)
     return transforms.to_float(images, d.value_range), labels
