@@ -72,4 +72,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from bigvar import cpu_tuning
+    cpu_tuning.reexec_with_huge_pages()  # once, before JAX starts: glibc reads it at exec
     app.run(main)

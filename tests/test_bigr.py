@@ -173,7 +173,9 @@ def test_every_token_is_sampled_exactly_once_and_sharding_changes_nothing(tiny):
     assert full.images.shape == (8, 64, 64, 3) and full.images.dtype == np.uint8
     sharded = eight.generate(labels, seed=3)
     np.testing.assert_array_equal(full.tokens, sharded.tokens)
-    np.testing.assert_array_equal(full.images, sharded.images)
+    # Pixels: within 1/255. XLA:CPU's convolutions pick their blocking by the per-device batch
+    # (8 images vs 1), so the B-AE decoder's float rounding may differ (seen: 2 of 98,304 values).
+    assert np.abs(full.images.astype(int) - sharded.images.astype(int)).max() <= 1
     alone = one.generate(labels[6:7], seed=3, first_index=6)
     np.testing.assert_array_equal(alone.tokens[0], full.tokens[6])
     assert not np.array_equal(one.generate(labels, seed=4).tokens, full.tokens)

@@ -6,7 +6,8 @@
 * CFG doubles the batch as interleaved (conditional, null-class) pairs, so a sample's pair stays
   on the device that holds the sample when the batch is sharded over `data`.
 * Randomness is per sample: sample i draws from fold_in(PRNGKey(seed), global index i), then
-  fold_in(·, scale). Image i for seed s is the same whatever the batch size or device count.
+  fold_in(·, scale). The tokens of sample i for seed s are the same whatever the batch size or
+  device count; its pixels agree within 1/255 (decoder rounding follows the per-device batch).
 * Editing (VAR_SPEC §3.6): optional ground-truth tokens and per-scale keep-masks replace the
   sampled tokens where the mask is set, before f̂ is updated.
 """
