@@ -105,7 +105,8 @@ def var_model_config(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_N
         mlp_ratio=4.0, num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=True,
         patch_nums=tuple(patch_nums), norm_eps=1e-6, cond_drop_rate=0.1,
         drop_path_rate=0.1 * depth / 24,  # training only (stochastic depth)
-        attn_impl="xla", remat=False, remat_policy="nothing_saveable", dtype="float32",
+        attn_impl="xla", remat=False, remat_policy="nothing_saveable", scan_unroll=1,
+        dtype="float32",
     ))
 
 
@@ -209,10 +210,14 @@ def validate_training(config: ml_collections.ConfigDict, num_classes: int) -> No
 
 
 def _validate_remat(section: ml_collections.ConfigDict, name: str) -> None:
+    """The layer stack's settings: remat policy and scan unrolling."""
     import jax
     if not hasattr(jax.checkpoint_policies, section.remat_policy):
         options = sorted(p for p in dir(jax.checkpoint_policies) if not p.startswith("_"))
         _fail(f"{name}.remat_policy", section.remat_policy, f"one of jax.checkpoint_policies: {options}")
+    if section.scan_unroll < 1:
+        _fail(f"{name}.scan_unroll", section.scan_unroll, "≥ 1 layers per scan iteration "
+              "(the depth unrolls the stack fully)")
 
 
 def _validate_classes(s: ml_collections.ConfigDict, num_classes: int) -> None:
@@ -250,7 +255,7 @@ def bigr_config(size: str, *, binary_size: int, arg: str | None = None) -> ml_co
         binary_size=binary_size, num_classes=1000, dim=dim, n_layer=layers, n_head=heads,
         seq_len=(img // 16) ** 2, denoise_hidden=hidden, num_block_mlp=blocks, norm_eps=1e-5,
         class_dropout=0.1, dropout=0.1, attn_impl="xla", remat=False,
-        remat_policy="nothing_saveable", dtype="float32"))
+        remat_policy="nothing_saveable", scan_unroll=1, dtype="float32"))
     config.bae = ml_collections.ConfigDict(dict(
         codebook_size=binary_size, nf=128, emb_dim=256, ch_mult=(1, 1, 2, 2, 4), res_blocks=2,
         attn_resolutions=(16,), img_size=img, norm_first=True))
@@ -313,7 +318,8 @@ def build_bigr(config: ml_collections.ConfigDict):
                 n_head=g.n_head, seq_len=g.seq_len, denoise_hidden=g.denoise_hidden,
                 num_block_mlp=g.num_block_mlp, norm_eps=g.norm_eps, class_dropout=g.class_dropout,
                 dropout=g.dropout, attn_impl=g.attn_impl, remat=g.remat,
-                remat_policy=g.remat_policy, dtype=jnp.dtype(g.dtype))
+                remat_policy=g.remat_policy, scan_unroll=g.scan_unroll,
+                dtype=jnp.dtype(g.dtype))
 
 
 def build_bae(config: ml_collections.ConfigDict):
@@ -392,7 +398,8 @@ def build_var(config: ml_collections.ConfigDict):
         depth=v.depth, embed_dim=v.embed_dim, num_heads=v.num_heads, mlp_ratio=v.mlp_ratio,
         patch_nums=tuple(v.patch_nums), shared_aln=v.shared_aln, attn_l2_norm=v.attn_l2_norm,
         norm_eps=v.norm_eps, cond_drop_rate=v.cond_drop_rate, drop_path_rate=v.drop_path_rate,
-        attn_impl=v.attn_impl, remat=v.remat, remat_policy=v.remat_policy, dtype=jnp.dtype(v.dtype))
+        attn_impl=v.attn_impl, remat=v.remat, remat_policy=v.remat_policy,
+        scan_unroll=v.scan_unroll, dtype=jnp.dtype(v.dtype))
 
 
 # ---- tokenizer training ------------------------------------------------------------------------

