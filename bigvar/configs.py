@@ -8,6 +8,8 @@ from __future__ import annotations
 import ml_collections
 import jax.numpy as jnp
 
+from bigvar.errors import UserError
+
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 MODES = ("sample", "train", "export", "eval")
@@ -71,6 +73,10 @@ def data_section(**overrides) -> ml_collections.ConfigDict:
         transform="var",  # var: shorter side 1.125·R (Lanczos) + random crop; adm: BiGR's centre crop
         value_range="minus_one_one",  # the tokenizer's input range: minus_one_one | zero_one
         hflip=False,  # random flips for var and procedural; adm always flips (as BiGR)
+        # Bounds on the work per image, checked from the file header and skipped (counted,
+        # logged) beyond them; 0 = no limit. Longer:shorter side: a 1×20000 PNG would resize to
+        # 288×5.76M px. Decoded pixels: 64 MP is 192 MB as RGB, above camera photos.
+        max_aspect_ratio=10.0, max_pixels=64_000_000,
         num_workers=0,  # grain worker processes; 0 = decode in this process
         num_threads=4,  # read/decode threads per process (PIL releases the GIL)
         prefetch=2,  # batches buffered ahead by a background thread; 0 = none
@@ -149,7 +155,7 @@ def var_config(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_NUMS_25
 
 
 def _fail(path: str, value, expected: str):
-    raise ValueError(f"config.{path} = {value!r} is invalid: expected {expected}.")
+    raise UserError(f"config.{path} = {value!r} is invalid: expected {expected}.")
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -362,7 +368,7 @@ def check_architecture(config: ml_collections.ConfigDict, stored: dict, source: 
             if want != have:
                 diffs.append(f"{section}.{field}: config has {want!r}, checkpoint has {have!r}")
     if diffs:
-        raise ValueError(
+        raise UserError(
             f"{source} holds a different model than the config:\n  "
             + "\n  ".join(diffs)
             + "\nUse the config file that matches the checkpoint (e.g. configs/var_d30.py for "

@@ -15,12 +15,12 @@ by (seed, e) — a fresh global shuffle each epoch, repeated forever. Global bat
 process order gives the 1-process global batch. Record q's augmentation is drawn from an RNG
 seeded by (seed, q) only, so nothing depends on the number of processes, workers or threads.
 
-Unreadable images (empty, truncated, corrupt) are skipped: the process reads its next position
-instead, so batches stay full. Each process then runs a little ahead in its own blocks — the
-processes' batches stay disjoint (each position belongs to exactly one process), but are no
-longer exactly the 1-process batch. The skip count is part of the iterator state, so it is
-checkpointed with it and `skipped_count(it)` is exact across restarts. The first few skipped
-files are logged by name.
+Unreadable images (empty, truncated, corrupt, or beyond data.max_aspect_ratio / max_pixels)
+are skipped: the process reads its next position instead, so batches stay full. Each process
+then runs a little ahead in its own blocks — the processes' batches stay disjoint (each
+position belongs to exactly one process), but are no longer exactly the 1-process batch. The
+skip count is part of the iterator state, so it is checkpointed with it and `skipped_count(it)`
+is exact across restarts. The first few skipped files are logged by name, with the reason.
 
 Work split. Reading, decoding and cropping run per record in grain's read threads
 (`num_threads`, PIL releases the GIL) and optionally in `num_workers` processes (grain's
@@ -85,6 +85,11 @@ def _resolve_config(data_config) -> ml_collections.ConfigDict:
     for k in ("num_workers", "num_threads", "prefetch"):
         if cfg[k] < 0:
             raise ValueError(f"data.{k}={cfg[k]} must be ≥ 0")
+    if cfg.max_aspect_ratio and cfg.max_aspect_ratio < 1:
+        raise ValueError(f"data.max_aspect_ratio={cfg.max_aspect_ratio} must be ≥ 1 (longer side "
+                         "over shorter side), or 0 for no limit")
+    if cfg.max_pixels < 0:
+        raise ValueError(f"data.max_pixels={cfg.max_pixels} must be ≥ 1, or 0 for no limit")
     if cfg.num_classes < 1:
         raise ValueError(f"data.num_classes={cfg.num_classes} must be ≥ 1")
     if cfg.source in ("folder", "array_record") and not cfg.path:
@@ -150,13 +155,15 @@ class _LoadRecord:
     """
 
     def __init__(self, source, *, seed, local_batch, process_index, process_count,
-                 image_size, procedural_source, image_fn, hflip, num_classes):
+                 image_size, procedural_source, image_fn, hflip, num_classes,
+                 max_aspect_ratio, max_pixels):
         self.source, self.seed = source, seed
         self.local_batch, self.process_index, self.process_count = (
             local_batch, process_index, process_count)
         self.image_size, self.procedural_source = image_size, procedural_source
         self.image_fn, self.hflip, self.num_classes = image_fn, hflip, num_classes
         self.num_records = len(source)
+        self.decode_limits = dict(max_aspect_ratio=max_aspect_ratio, max_pixels=max_pixels)
 
     def __call__(self, k: int) -> dict:
         pos = global_position(int(k), self.local_batch, self.process_index, self.process_count)
@@ -171,7 +178,7 @@ class _LoadRecord:
             if self.hflip and rng.random() < 0.5:
                 image = np.ascontiguousarray(image[:, ::-1])
         else:
-            image, reason = transforms.try_decode(example)
+            image, reason = transforms.try_decode(example, **self.decode_limits)
             if image is None:
                 return {"unreadable": str(example.get("path", "?")), "reason": reason}
             image = self.image_fn(image, rng)
@@ -270,7 +277,8 @@ def make_train_iterator(data_config, *, image_size: int, global_batch: int, seed
         process_count=process_count, image_size=image_size,
         procedural_source=cfg.source == "procedural",
         image_fn=transforms.make_image_transform(cfg.transform, image_size, hflip=cfg.hflip),
-        hflip=cfg.hflip, num_classes=cfg.num_classes)
+        hflip=cfg.hflip, num_classes=cfg.num_classes,
+        max_aspect_ratio=cfg.max_aspect_ratio, max_pixels=cfg.max_pixels)
 
     # Element k of this map is this process's k-th record; no None ever comes out of it, so
     # grain's worker interleaving keeps the exact order (unreadable ones are markers).

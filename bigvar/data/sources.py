@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import glob as globlib
 import json
+import logging
 import os
 import re
 import struct
 import sys
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -41,36 +42,103 @@ _HEADER = struct.Struct("<4siI")
 # Image folder
 
 
-def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """(sorted class names, [(path relative to root, label), …]) of an ImageNet-style folder.
+class ImageFolderScan(NamedTuple):
+    class_names: list[str]  # sorted class-directory names; label = index
+    files: list[tuple[str, int]]  # (path relative to root, label), sorted within a class
+    skipped: list[tuple[str, str]]  # (path relative to root, reason) of unreadable entries
+
+
+def scan_image_folder(root: str) -> ImageFolderScan:
+    """Class names, image files and skipped entries of an ImageNet-style folder.
 
     Layout: root/<class_name>/<file>.{jpg,jpeg,png,webp,bmp} (extension case-insensitive).
     Class ids follow sorted class-directory names; files are sorted within a class.
+    Entries that cannot be read — symlink loops, dangling links, permission errors — are
+    skipped and listed with a reason (one warning names how many and an example), as the
+    pipeline skips unreadable images. A class directory that cannot be listed keeps its class
+    id (no label shifts) but contributes no files. Names without an image extension are ignored
+    unexamined.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root!r} does not exist or is not a directory")
-    class_names = sorted(e.name for e in os.scandir(root)
-                         if e.is_dir() and not e.name.startswith("."))
+    skipped = []
+    class_names = []
+    for entry in _scandir(root, "", skipped):
+        if not entry.name.startswith(".") and _is_readable(entry, "dir", "", skipped):
+            class_names.append(entry.name)
+    class_names.sort()
     if not class_names:
         raise ValueError(f"image folder {root!r} has no class sub-directories; expected the "
-                         "ImageNet layout root/<class_name>/<image files>")
+                         "ImageNet layout root/<class_name>/<image files>"
+                         + _skipped_note(skipped))
     files = []
     for label, name in enumerate(class_names):
-        names = sorted(e.name for e in os.scandir(os.path.join(root, name))
-                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        names = sorted(e.name for e in _scandir(os.path.join(root, name), name, skipped)
+                       if e.name.lower().endswith(IMAGE_EXTENSIONS)
+                       and _is_readable(e, "file", name, skipped))
         files.extend((f"{name}/{f}", label) for f in names)
+    skipped.sort()
+    if skipped:
+        logging.warning("image folder %s: skipped %d unreadable entries (symlink loops, "
+                        "dangling links, permission errors), e.g. %s (%s)", root, len(skipped),
+                        *skipped[0])
     if not files:
         raise ValueError(f"image folder {root!r} has class directories {class_names[:5]}… but "
-                         f"no image files with extensions {IMAGE_EXTENSIONS}")
-    return class_names, files
+                         f"no image files with extensions {IMAGE_EXTENSIONS}"
+                         + _skipped_note(skipped))
+    return ImageFolderScan(class_names, files, skipped)
+
+
+def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(sorted class names, [(path relative to root, label), …]); see `scan_image_folder`."""
+    scan = scan_image_folder(root)
+    return scan.class_names, scan.files
+
+
+def _scandir(path: str, relative: str, skipped: list) -> list[os.DirEntry]:
+    """The entries of a directory; none (and one skip recorded) if it cannot be listed."""
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError as e:
+        skipped.append((relative or ".", f"{type(e).__name__}: {e}"))
+        return []
+
+
+def _is_readable(entry: os.DirEntry, kind: str, parent: str, skipped: list) -> bool:
+    """Whether `entry` is a `kind` ("dir" | "file"), following symlinks; records broken ones.
+
+    DirEntry.is_dir/is_file raise OSError for symlink loops (ELOOP) and permission errors, and
+    return False for dangling links: both are recorded in `skipped`. Plain entries cost no
+    system call on Linux (the type comes with the directory listing).
+    """
+    relative = f"{parent}/{entry.name}" if parent else entry.name
+    try:
+        if entry.is_dir() if kind == "dir" else entry.is_file():
+            return True
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            skipped.append((relative, "dangling symbolic link"))
+    except OSError as e:
+        skipped.append((relative, f"{type(e).__name__}: {e}"))
+    return False
+
+
+def _skipped_note(skipped: list) -> str:
+    if not skipped:
+        return ""
+    path, reason = min(skipped)
+    return f" ({len(skipped)} unreadable entries skipped, e.g. {path}: {reason})"
 
 
 class ImageFolderSource:
-    """Encoded image files of an ImageNet-style folder: `{"image_bytes", "label", "path"}`."""
+    """Encoded image files of an ImageNet-style folder: `{"image_bytes", "label", "path"}`.
+
+    `skipped_entries`: (relative path, reason) of the entries the scan could not read.
+    """
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
-        self.class_names, files = list_image_folder(self.root)
+        self.class_names, files, self.skipped_entries = scan_image_folder(self.root)
         self._paths = [f for f, _ in files]  # relative: shorter to pickle into grain workers
         self._labels = np.array([label for _, label in files], np.int32)
 

@@ -26,16 +26,30 @@ from PIL import Image
 VALUE_RANGES = {"minus_one_one": (-1.0, 1.0), "zero_one": (0.0, 1.0)}
 TRANSFORMS = ("var", "adm", "bld")
 
-def decode(example: dict) -> np.ndarray | None:
-    """uint8 (H, W, 3) RGB from an example's "image" array or "image_bytes"; None if unreadable.
+# Defaults of config.data.max_aspect_ratio / max_pixels (bigvar.configs.data_section).
+DEFAULT_MAX_ASPECT_RATIO = 10.0
+DEFAULT_MAX_PIXELS = 64_000_000
 
-    Unreadable = empty, truncated, corrupt or not an image: the pipeline skips such records.
+
+def decode(example: dict, **limits) -> np.ndarray | None:
+    """uint8 (H, W, 3) RGB from an example's "image" array or "image_bytes"; None if unusable.
+
+    Unusable = empty, truncated, corrupt, not an image, or beyond the size `limits` of
+    `try_decode`: the pipeline skips such records.
     """
-    return try_decode(example)[0]
+    return try_decode(example, **limits)[0]
 
 
-def try_decode(example: dict) -> tuple[np.ndarray | None, str | None]:
-    """Like `decode`, but also returns why an image could not be read (None when it could)."""
+def try_decode(example: dict, *, max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray | None, str | None]:
+    """Like `decode`, but also returns why an image could not be used (None when it could).
+
+    Images whose longer:shorter side ratio exceeds `max_aspect_ratio` or that have more than
+    `max_pixels` pixels (0 = no limit) are rejected from the file header, before any pixel is
+    decoded: a 138-byte 1×20000 PNG would otherwise become a 288×5.76M array in `var_resize`.
+    PIL's own decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) also rejects, never raises.
+    Pixel values are mapped to 8 bits per mode as `to_rgb8` documents.
+    """
     if "image" in example:
         image = np.asarray(example["image"])
         if image.ndim == 2:
@@ -43,6 +57,9 @@ def try_decode(example: dict) -> tuple[np.ndarray | None, str | None]:
         if image.ndim != 3 or image.shape[-1] not in (1, 3, 4) or image.dtype != np.uint8:
             raise ValueError(f"expected a uint8 (H, W, 3) image array, got {image.dtype} "
                              f"{image.shape} (record {example.get('path', '?')})")
+        problem = _size_problem(image.shape[1], image.shape[0], max_aspect_ratio, max_pixels)
+        if problem:
+            return None, problem
         if image.shape[-1] == 1:
             image = np.repeat(image, 3, axis=-1)
         return image[..., :3], None
@@ -53,14 +70,70 @@ def try_decode(example: dict) -> tuple[np.ndarray | None, str | None]:
         return None, example.get("read_error", "empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. palette-with-transparency notices
-            with Image.open(io.BytesIO(data)) as img:
+            # Palette-with-transparency notices, and DecompressionBombWarning: the size check
+            # below rejects those images itself (a warnings filter is process-global, so it
+            # would not reliably turn the warning into an error across grain's read threads).
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+                problem = _size_problem(*img.size, max_aspect_ratio, max_pixels)
+                if problem:
+                    return None, problem
                 img.load()  # decode now: a truncated file fails here, not later
-                return np.asarray(img.convert("RGB"), np.uint8), None
+                return to_rgb8(img)
     except Exception as e:  # noqa: BLE001 — PIL's ~40 format plugins raise OSError, ValueError,
         # SyntaxError, struct.error, IndexError, DecompressionBombError… on malformed input;
         # whatever the type, these bytes are not a usable image.
         return None, f"{type(e).__name__}: {e}"
+
+
+def _size_problem(width: int, height: int, max_aspect_ratio: float,
+                  max_pixels: int) -> str | None:
+    """Why a width×height image is beyond the limits (0 = no limit), or None."""
+    if width < 1 or height < 1:
+        return f"empty {width}×{height} image"
+    aspect = max(width, height) / min(width, height)
+    if max_aspect_ratio and aspect > max_aspect_ratio:
+        return (f"{width}×{height} image: aspect ratio {aspect:.1f}:1 exceeds "
+                f"data.max_aspect_ratio={max_aspect_ratio:g}")
+    pixels = width * height
+    if max_pixels and pixels > max_pixels:
+        return f"{width}×{height} image: {pixels} pixels exceed data.max_pixels={max_pixels}"
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    if bomb_limit and pixels > bomb_limit:
+        return (f"{width}×{height} image: {pixels} pixels exceed PIL's decompression bomb limit "
+                f"Image.MAX_IMAGE_PIXELS={bomb_limit}")
+    return None
+
+
+def to_rgb8(img: Image.Image) -> tuple[np.ndarray | None, str | None]:
+    """uint8 (H, W, 3) pixels of a loaded PIL image, with a defined 8-bit mapping per mode.
+
+    - 8-bit modes (1, L, P, LA, PA, RGBA, CMYK, YCbCr, …): PIL's `convert("RGB")`, as in
+      torchvision's ImageFolder and the official VAR / BiGR loaders; alpha is dropped, not
+      composited.
+    - 16-bit gray (I;16, I;16B, I;16L, I;16N): the high byte, v >> 8 (0 → 0, 32896 → 128,
+      65535 → 255). Pillow itself reads 16-bit RGB(A) PNGs this way (rawmode RGB;16B), so a
+      16-bit gray image decodes like the same image stored as 16-bit colour. (round(v / 257)
+      differs by at most one level.) `convert("RGB")` would clip everything above 255 to white.
+    - I (32-bit signed): older Pillow opened 16-bit PNGs as I, 32-bit TIFFs open as I. Values
+      within [0, 65535] are read as 16-bit (above); other values have no agreed 8-bit meaning,
+      so the image is rejected with a reason.
+    - F (32-bit float): values in [0, 1], the float-image convention (torchvision, scikit-image,
+      float TIFF / EXR pipelines): round(255·v), clipped to [0, 255]; NaN → 0.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(img)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            return None, (f"32-bit integer image with values in [{values.min()}, "
+                          f"{values.max()}], outside [0, 65535]: no defined 8-bit mapping")
+        gray = (values.astype(np.uint32) >> 8).astype(np.uint8)
+    elif mode == "F":
+        values = np.nan_to_num(np.asarray(img, np.float32), nan=0.0)
+        gray = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        return np.asarray(img.convert("RGB"), np.uint8), None
+    return np.repeat(gray[..., None], 3, axis=-1), None
 
 
 def _pil(image: np.ndarray) -> Image.Image:
