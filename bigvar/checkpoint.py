@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bigvar.errors import MissingFile
+
 PARAMS = "params"
 CONFIG = "config.json"
 
@@ -53,7 +55,7 @@ def save_weights(out_dir: str, params: Any, model_config: dict, overwrite: bool 
 def load_config(weights_dir: str) -> dict:
     path = os.path.join(weights_dir, CONFIG)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --config.init_from must be a directory written "
+        raise MissingFile(f"{path} not found: --config.init_from must be a directory written "
                                 "by `python -m bigvar.convert` (it holds params/ and config.json)")
     with open(path) as f:
         return json.load(f)
@@ -66,7 +68,7 @@ def load_weights(weights_dir: str, target: Any | None = None, partial: bool = Fa
     those are read."""
     path = os.path.join(os.path.abspath(weights_dir), PARAMS)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no params/ in {weights_dir}: expected a directory written by "
+        raise MissingFile(f"no params/ in {weights_dir}: expected a directory written by "
                                 "`python -m bigvar.convert`")
     checkpointer = ocp.PyTreeCheckpointer()
     if target is None:

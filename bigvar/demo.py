@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from bigvar import checkpoint, configs
+from bigvar.utils import atomic_write
 
 STATE_FILE = "demo_state.json"
 
@@ -129,10 +130,8 @@ def _load_state(workdir: str) -> dict:
 
 
 def _save_state(workdir: str, state: dict) -> None:
-    tmp = os.path.join(workdir, STATE_FILE + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(workdir, STATE_FILE)) as tmp, open(tmp, "w") as f:
         json.dump(state, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, STATE_FILE))
 
 
 def _redo_if_changed(state: dict, key: str, value, directory: str, what: str) -> None:
@@ -154,14 +153,19 @@ def _unlocked(section: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    from bigvar import rundir
+    workdir = rundir.prepare(workdir)
+    with rundir.exclusive(workdir, what="demo"):  # each stage's directory also checks its config
+        return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from bigvar import parallel
     from bigvar.eval import shape_classifier
     from bigvar.sampling import job
     from bigvar.train import generator as gen_lib, tokenizer as tok_lib
 
     began = time.time()
-    os.makedirs(workdir, exist_ok=True)
-    workdir = os.path.abspath(workdir)
     state = _load_state(workdir)
     tok_cfg, gen_cfg = _unlocked(config.tokenizer), _unlocked(config.generator)
     tok_cfg.mode = "train"
@@ -221,6 +225,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sample_cfg[section] = gen_cfg[section]
     sample_cfg.sample.update(classes=(), images_per_class=config.samples_per_class,
                              grid_cols=config.samples_per_class)
+    settings = json.loads(sample_cfg.sample.to_json(sort_keys=True))  # the job refuses a change
+    _redo_if_changed(state, "sample_settings", settings, samples_dir, "the samples")
+    state["sample_settings"] = settings
+    _save_state(workdir, state)
     sample_summary = job.run(sample_cfg, workdir)
     times["sampling"] = time.time() - t
     from bigvar.images import make_grid, save_png
@@ -260,7 +268,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "seconds": {k: round(v, 1) for k, v in times.items()},
         "wall_seconds_this_run": round(time.time() - began, 1),
     }
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    with atomic_write(os.path.join(workdir, "summary.json")) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
     _print_summary(summary, workdir, names)
     return {"summary": os.path.join(workdir, "summary.json"), "grid": summary["grid"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from bigvar.utils import atomic_write
+
 
 def make_grid(images: np.ndarray, cols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
     """(N, H, W, 3) uint8 → one (rows·(H+pad)+pad, cols·(W+pad)+pad, 3) uint8 image."""
@@ -19,7 +21,9 @@ def make_grid(images: np.ndarray, cols: int, pad: int = 2, fill: int = 255) -> n
 
 
 def save_png(path: str, image: np.ndarray) -> None:
-    Image.fromarray(np.asarray(image, np.uint8)).save(path)
+    """Writes a PNG atomically (a complete file or none under `path`)."""
+    with atomic_write(path) as tmp:
+        Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
 
 
 def load_image(path: str, size: int) -> np.ndarray:

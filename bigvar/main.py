@@ -14,9 +14,13 @@ On several hosts (TPU pod slice, SLURM), pass `--multihost` on every host.
 from __future__ import annotations
 
 import logging
+import re
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from bigvar.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                           lock_config=True)
@@ -27,7 +31,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str):
-    from bigvar import configs
+    from bigvar import configs, rundir
+    workdir = rundir.prepare(workdir)
     if config.get("model") == "demo":
         from bigvar import demo
         return demo.run(config, workdir)
@@ -58,6 +63,8 @@ class _QuietLibraries(logging.Filter):
 
 
 def main(argv):
+    global _FLAGS_PARSED
+    _FLAGS_PARSED = True
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
@@ -65,13 +72,44 @@ def main(argv):
     if _MULTIHOST.value:
         import jax
         jax.distributed.initialize()
-    summary = run(_CONFIG.value, _WORKDIR.value)
+    try:
+        summary = run(_CONFIG.value, _WORKDIR.value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     if summary:
         for key, value in summary.items():
             print(f"{key}: {value}")
 
 
+_FLAGS_PARSED = False
+
+
+def unknown_field_message(error: BaseException, argv: list[str]) -> str | None:
+    """A one-line explanation when flag parsing failed on a `--config.<field>` the config file
+    does not have (ml_collections raises a bare AttributeError/KeyError naming only the key)."""
+    text = str(error)
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if not flag.startswith("--config."):
+            continue
+        field = flag[len("--config."):]
+        if any(re.search(rf"'\\?{re.escape(name)}\\?'", text) for name in field.split(".")):
+            hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+            return (f"{flag}: the config has no field {field!r}{hint} (the config file lists the "
+                    "fields it has)")
+    return None
+
+
 if __name__ == "__main__":
     from bigvar import cpu_tuning
     cpu_tuning.reexec_with_huge_pages()  # once, before JAX starts: glibc reads it at exec
-    app.run(main)
+    try:
+        app.run(main)
+    except (AttributeError, KeyError) as e:  # raised while parsing --config.* overrides
+        message = None if _FLAGS_PARSED else unknown_field_message(e, sys.argv[1:])
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from bigvar import checkpoint, configs, parallel
+from bigvar.errors import UserError
 from bigvar.models.bigr import BiGR
 from bigvar.models.var import VAR
 from bigvar.utils import run_init, unbox
@@ -71,7 +72,7 @@ def load_params(config: ml_collections.ConfigDict, generator, tokenizer, mesh):
         example = ("python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_L_d24.pt --out=DIR"
                    if config.model == "bigr" else
                    "python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=DIR")
-        raise ValueError(f"no weights: set --config.init_from=DIR to a directory written by `{example}` "
+        raise UserError(f"no weights: set --config.init_from=DIR to a directory written by `{example}` "
                          "(or --config.allow_random_init=True for a smoke test with random weights)")
     logging.warning("sampling from RANDOM weights (config.allow_random_init): images are noise")
     return jax.device_put(init_params(generator, tokenizer, config.seed), parallel.replicated(mesh))

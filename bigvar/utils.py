@@ -1,7 +1,10 @@
 """Small helpers with no better home."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import os
+import threading
+from typing import Any, Callable, Iterator
 
 import jax
 
@@ -25,3 +28,20 @@ def run_init(init_fn: Callable, *args, out_shardings: Any = None) -> Any:
     except Exception:  # an XLA build without the option: the default compile is still correct
         compiled = lowered.compile()
     return compiled(*args)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[str]:
+    """Yields a temporary path next to `path` (same extension) that is renamed to `path` when the
+    block succeeds: readers see the old file or the complete new one, never a truncated one
+    (a crash or a full disk leaves only a hidden temporary, removed here when possible).
+    Temporaries are unique per process and thread, so concurrent writers cannot interleave."""
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(directory, f".{stem}.tmp-{os.getpid()}-{threading.get_ident()}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)

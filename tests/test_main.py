@@ -40,22 +40,6 @@ def test_cli_sample_writes_grid_pngs_and_npz(tmp_path):
     assert f"grid: {out / 'grid.png'}" in result.stdout
 
 
-def test_rerun_reuses_finished_batches(tmp_path):
-    config = tiny_config()
-    config.sample.update(classes=(1, 2, 3), images_per_class=1, batch_size=2)
-    first = main.run(config, str(tmp_path))
-    parts = tmp_path / "samples" / "parts"
-    assert sorted(os.listdir(parts)) == ["batch_00000.npz", "batch_00001.npz"]
-    # Mark the finished part: a rerun must read it back rather than sample again.
-    with np.load(parts / "batch_00001.npz") as part:
-        saved = dict(part)
-    saved["images"] = np.zeros_like(saved["images"])
-    np.savez(parts / "batch_00001.npz", **saved)
-    main.run(config, str(tmp_path))
-    with np.load(first["npz"]) as npz:
-        assert not npz["arr_0"][2].any() and npz["arr_0"][:2].any()
-
-
 @pytest.mark.parametrize("field, value, message", [
     ("sample.classes", (3, 10), r"class ids in \[0, 10\) \(got \[10\]\)"),
     ("sample.top_p", 1.5, r"sample.top_p = 1.5 is invalid: expected a value in \(0, 1\]"),

@@ -92,10 +92,25 @@ def main(argv=None) -> int:
             print(f"converted BiGR dim={g.dim} layers={g.n_layer} heads={g.n_head} K={g.binary_size} "
                   f"tokens={g.seq_len} transcoder={g.num_block_mlp}x{g.denoise_hidden} "
                   f"classes={g.num_classes}; B-AE {b.img_size}px nf={b.nf} → {args.out}")
-    except (ValueError, FileExistsError, FileNotFoundError) as e:  # incl. Conversion/CheckpointError
+    except ValueError as e:  # incl. ConversionError, CheckpointError, UserError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that is missing, a directory, unreadable, or a full disk
+        print(f"error: {_describe_os_error(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _describe_os_error(e: OSError) -> str:
+    if e.filename is None:
+        return str(e)
+    if isinstance(e, IsADirectoryError):
+        return f"{e.filename} is a directory: give the checkpoint file inside it (e.g. …/var_d16.pth)"
+    if isinstance(e, FileNotFoundError):
+        return f"{e.filename} does not exist: check the path"
+    if isinstance(e, PermissionError):
+        return f"{e.filename}: permission denied: check the file's permissions or choose another path"
+    return f"{e.filename}: {e.strerror or e}"
 
 
 if __name__ == "__main__":

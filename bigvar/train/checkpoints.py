@@ -5,19 +5,91 @@ data iterator's state, so a restarted run continues bit for bit. Saves are async
 (training goes on while the arrays are written) and atomic (orbax writes to a temporary
 directory and renames it when complete, so a run killed mid-save leaves only the earlier,
 complete checkpoints). Restoring takes target shardings: a checkpoint written on one mesh
-restores on another.
+restores on another. Every array's checksum is stored with it and verified on restore
+(bit rot in an array file would otherwise restore silently, e.g. as NaNs in the optimizer state).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from bigvar.errors import UserError
+
+
+class CheckpointsUnrestorable(UserError):
+    pass
+
+
+class DamagedCheckpoint(RuntimeError):
+    pass
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """The array's bits as uint32 words (one per element; 8-byte elements add a trailing 2)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _checksums(state):
+    """Two uint32 sums per array: of its words and of its words weighted by (2·position + 1), so a
+    flipped bit and a moved word both show. Integer sums wrap exactly, so the result does not
+    depend on the sharding or the reduction order: a checkpoint verifies on any mesh."""
+    def one(x):
+        words = _words(x)
+        position = jnp.zeros(words.shape, jnp.uint32)
+        stride = 1
+        for axis in reversed(range(words.ndim)):
+            position = position + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis) * jnp.uint32(stride)
+            stride = stride * words.shape[axis] % 2**32
+        return jnp.stack([jnp.sum(words, dtype=jnp.uint32),
+                          jnp.sum(words * (2 * position + 1), dtype=jnp.uint32)])
+    return jax.tree_util.tree_map(one, state)
+
+
+def array_checksums(state: Any) -> dict[str, str]:
+    """{array path: 16 hex digits} of a pytree of arrays."""
+    sums = jax.device_get(_checksums(state))
+    flat = jax.tree_util.tree_flatten_with_path(sums)[0]
+    return {_path_name(path): f"{int(v[0]):08x}{int(v[1]):08x}" for path, v in flat}
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """orbax/TensorStore log whole array specs (hundreds of lines) when a file is damaged; our
+    one-line report says what matters."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:limit]}"
 
 
 class Checkpoints:
@@ -31,30 +103,76 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: dict | None) -> None:
-        """Starts writing checkpoint `step` (returns before the write finishes when async)."""
-        items = dict(state=ocp.args.StandardSave(state))
+        """Starts writing checkpoint `step` (returns before the write finishes when async), with
+        a checksum of every array."""
+        items = dict(state=ocp.args.StandardSave(state),
+                     integrity=ocp.args.JsonSave({"checksums": array_checksums(state)}))
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(data_state)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
+    def _restore_verified(self, step: int, abstract_state: Any, with_data: bool) -> dict:
+        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        if with_data:
+            items["data"] = ocp.args.JsonRestore()
+        has_checksums = os.path.isdir(os.path.join(self.directory, str(step), "integrity"))
+        if has_checksums:
+            items["integrity"] = ocp.args.JsonRestore()
+        with _quiet_orbax():
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if has_checksums:
+            stored = restored["integrity"]["checksums"]
+            found = array_checksums(restored["state"])
+            bad = sorted(k for k in stored if found.get(k) != stored[k])
+            if bad or set(found) != set(stored):
+                raise DamagedCheckpoint(f"{len(bad)} arrays fail their checksum ({', '.join(bad[:3])}"
+                                        f"{', …' if len(bad) > 3 else ''})")
+        return restored
+
     def restore_latest(self, abstract_state: Any, *, with_data: bool = True):
-        """(step, state, data_state) from the newest checkpoint that restores, or None if there
-        is none. A checkpoint that fails to restore (truncated or corrupt files) is reported and
-        the previous one is tried: losing some steps beats losing the run."""
+        """(step, state, data_state) from the newest checkpoint that restores and verifies, or
+        None when there is no checkpoint at all.
+
+        A newer checkpoint that fails (truncated files, a checksum mismatch) is reported in one
+        line and moved aside to `corrupt-<step>` (kept for a look; it would otherwise block the
+        next save of that step), and the previous one is used: losing some steps beats losing
+        the run. If checkpoints exist but none restores, nothing is touched and
+        `CheckpointsUnrestorable` says why: a silent fresh start would overwrite the run."""
+        failures = []
         for step in reversed(self.steps()):
-            items = dict(state=ocp.args.StandardRestore(abstract_state))
-            if with_data:
-                items["data"] = ocp.args.JsonRestore()
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                restored = self._restore_verified(step, abstract_state, with_data)
             except Exception as e:  # orbax raises many types for damaged files
-                logging.warning("checkpoint %d in %s could not be restored (%s: %s); trying the "
-                                "previous one", step, self.directory, type(e).__name__,
-                                str(e).splitlines()[0][:200] if str(e) else "")
+                logging.warning("checkpoint %d in %s could not be restored (%s)", step,
+                                self.directory, _first_line(e))
+                failures.append((step, e))
                 continue
+            if failures:
+                self._move_aside([s for s, _ in failures])
             data = restored.get("data") if with_data else None
             return step, restored["state"], data
+        if failures:
+            step, error = failures[0]
+            raise CheckpointsUnrestorable(
+                f"none of the {len(failures)} checkpoints in {self.directory} (steps "
+                f"{sorted(s for s, _ in failures)}) could be restored; the newest, {step}, failed "
+                f"with {_first_line(error)}. Nothing was changed. If the files are damaged, move "
+                f"that directory aside to start over; if the model changed, use the config the run "
+                f"was made with.")
         return None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            for step in steps:
+                target = os.path.join(self.directory, f"corrupt-{step}")
+                if os.path.exists(target):
+                    target = f"{target}-{int(time.time())}"
+                os.replace(os.path.join(self.directory, str(step)), target)
+                logging.warning("moved the damaged checkpoint %d to %s", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("bigvar: damaged checkpoints moved aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -24,7 +24,7 @@ import optax
 from flax import linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from bigvar import checkpoint, configs, parallel, params as params_lib
+from bigvar import checkpoint, configs, parallel, params as params_lib, rundir
 from bigvar.train import loop, losses, optim
 from bigvar.train.loop import NonFiniteLoss  # noqa: F401  (re-exported for callers)
 from bigvar.train.init import bigr_official_init, var_official_init
@@ -274,19 +274,20 @@ def load_finetune_params(config, trainer: Trainer):
 def export_weights(config, workdir: str, out_dir: str | None = None) -> str:
     """`mode=export`: the newest checkpoint's generator (its EMA when there is one) and the
     tokenizer, as a weights directory that `--config.init_from` (mode=sample) loads."""
-    mesh = parallel.make_mesh(config.mesh)
-    trainer = Trainer(config, mesh, dataset_size=1)
-    step, state = loop.restore_newest_state(workdir, config, trainer.abstract_state())
-    tok_params = load_tokenizer(config, trainer)
-    gen_key, tok_key = params_lib.WEIGHT_KEYS[config.model]
-    out_dir = out_dir or os.path.join(workdir, "export")
-    weights = {gen_key: state.get("ema", state["params"]), tok_key: tok_params}
-    model_config = {"model": config.model, gen_key: config[gen_key].to_dict(),
-                    tok_key: config[tok_key].to_dict(),
-                    "source": {"workdir": os.path.abspath(workdir), "step": int(step),
-                               "weights": "ema" if "ema" in state else "params"}}
-    checkpoint.save_weights(out_dir, jax.device_get(weights), model_config, overwrite=True)
-    return out_dir
+    with rundir.writing(workdir, config, what="export") as workdir:
+        mesh = parallel.make_mesh(config.mesh)
+        trainer = Trainer(config, mesh, dataset_size=1)
+        step, state = loop.restore_newest_state(workdir, config, trainer.abstract_state())
+        tok_params = load_tokenizer(config, trainer)
+        gen_key, tok_key = params_lib.WEIGHT_KEYS[config.model]
+        out_dir = out_dir or os.path.join(workdir, "export")
+        weights = {gen_key: state.get("ema", state["params"]), tok_key: tok_params}
+        model_config = {"model": config.model, gen_key: config[gen_key].to_dict(),
+                        tok_key: config[tok_key].to_dict(),
+                        "source": {"workdir": os.path.abspath(workdir), "step": int(step),
+                                   "weights": "ema" if "ema" in state else "params"}}
+        checkpoint.save_weights(out_dir, jax.device_get(weights), model_config, overwrite=True)
+        return out_dir
 
 
 # ---- the loop ----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import numpy as np
 import tqdm
 
 from bigvar import parallel
+from bigvar.errors import MissingFile, UserError
 
 
 class NonFiniteLoss(RuntimeError):
@@ -66,17 +67,23 @@ class LoopSpec:
 
 
 def run_loop(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
-    """Trains until `spec.steps` are done, or until SIGTERM; resumable from `workdir`.
+    """Trains until `spec.steps` are done, or until SIGTERM; resumable from `workdir`, which is
+    locked for the run and must hold checkpoints of this config (`bigvar.rundir`).
     Returns (summary for the user, the final state)."""
+    from bigvar import rundir
+    check_batch(config, mesh)
+    with rundir.writing(workdir, config, what=spec.name) as workdir:
+        return _train(config, workdir, mesh, spec)
+
+
+def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
     from bigvar import data as data_lib
     from bigvar.images import save_png
     from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
     from bigvar.train.metric_writer import MetricWriter
 
     t = config.train
-    check_batch(config, mesh)
     chief = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     writer = MetricWriter(os.path.join(workdir, "logs"), is_chief=chief)
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
                         async_save=t.async_checkpoints)
@@ -172,7 +179,7 @@ def check_batch(config, mesh) -> None:
     t = config.train
     dp = parallel.data_parallel_size(mesh)
     if t.batch_size % (dp * t.grad_accum) or t.batch_size % jax.process_count():
-        raise ValueError(f"config.train.batch_size={t.batch_size} must divide by the data-parallel "
+        raise UserError(f"config.train.batch_size={t.batch_size} must divide by the data-parallel "
                          f"size {dp} × grad_accum {t.grad_accum} and by the {jax.process_count()} "
                          "processes")
 
@@ -186,7 +193,7 @@ def restore_newest_state(workdir: str, config, abstract_state):
     finally:
         ckpts.close()
     if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpts.directory}: train first "
+        raise MissingFile(f"no checkpoint in {ckpts.directory}: train first "
                                 "(--config.mode=train with the same --workdir)")
     step, state, _ = restored
     return step, state

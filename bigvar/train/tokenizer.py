@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bigvar import checkpoint, configs, parallel
+from bigvar import checkpoint, configs, parallel, rundir
 from bigvar.tokenizers import discriminator as disc_lib, metrics as tok_metrics
 from bigvar.train import loop, optim
 from bigvar.train.generator import Schedules
@@ -387,17 +387,18 @@ def _norm(v):
 def export_tokenizer(config, workdir: str, out_dir: str | None = None) -> str:
     """The newest checkpoint's tokenizer (its EMA when kept) as a weights directory holding
     `vae` or `bae`, which generator configs load with `--config.tokenizer_from=DIR`."""
-    mesh = parallel.make_mesh(config.mesh)
-    trainer = TokenizerTrainer(config, mesh, dataset_size=1)
-    step, state = loop.restore_newest_state(workdir, config, trainer.abstract_state())
-    out_dir = out_dir or os.path.join(workdir, "export")
-    section = trainer.key
-    model_config = {"model": config.model, section: config[section].to_dict(),
-                    "source": {"workdir": os.path.abspath(workdir), "step": int(step),
-                               "weights": "ema" if "ema" in state else "params"}}
-    weights = {section: {"params": jax.device_get(state.get("ema", state["params"]))}}
-    checkpoint.save_weights(out_dir, weights, model_config, overwrite=True)
-    return out_dir
+    with rundir.writing(workdir, config, what="export") as workdir:
+        mesh = parallel.make_mesh(config.mesh)
+        trainer = TokenizerTrainer(config, mesh, dataset_size=1)
+        step, state = loop.restore_newest_state(workdir, config, trainer.abstract_state())
+        out_dir = out_dir or os.path.join(workdir, "export")
+        section = trainer.key
+        model_config = {"model": config.model, section: config[section].to_dict(),
+                        "source": {"workdir": os.path.abspath(workdir), "step": int(step),
+                                   "weights": "ema" if "ema" in state else "params"}}
+        weights = {section: {"params": jax.device_get(state.get("ema", state["params"]))}}
+        checkpoint.save_weights(out_dir, weights, model_config, overwrite=True)
+        return out_dir
 
 
 # ---- the loop ----------------------------------------------------------------------------------

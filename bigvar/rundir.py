@@ -1,0 +1,254 @@
+"""Run directories that protect their results.
+
+A training run's workdir (`mode=train`, `mode=export`, the demo) guarantees:
+  - one writer: `run.lock` names the process that writes here (host, pid, start time); a second
+    writer is refused, a lock whose holder died is taken over (same host: its pid is gone; another
+    host: its heartbeat, refreshed every minute, is older than `STALE_AFTER_S`);
+  - the config it was created with: `config.json` holds the resolved config of the first run; a
+    later run that changes what the checkpoints mean is refused with the differing fields listed
+    (steps, logging, checkpointing, sampling and compute-only fields may change on resume);
+  - integrity: checkpoints carry a checksum of every array (`train/checkpoints.py`).
+Sampling jobs take no lock: their outputs are keyed by their settings and written by rename, so
+two samplers on one directory cannot mix or corrupt each other's files (`sampling/job.py`).
+With several processes only process 0 takes the lock and writes `config.json`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fnmatch
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from typing import Iterator
+
+import jax
+import ml_collections
+
+from bigvar.errors import UserError
+from bigvar.utils import atomic_write
+
+LOCK_FILE = "run.lock"
+CONFIG_FILE = "config.json"
+HEARTBEAT_S = 60.0
+STALE_AFTER_S = 600.0
+
+# Fields that may differ between the run that created a directory and a run that resumes it:
+# how long to train, how to log, checkpoint and draw grids, how to shard, and compute-only model
+# settings. Anything else changes what the checkpoints mean.
+RESUMABLE_FIELDS = (
+    "mode",
+    "train.steps", "train.epochs", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.async_checkpoints", "train.sample_every",
+    "train.sample_images",
+    "sample.*", "mesh.*",
+    "data.num_workers", "data.num_threads", "data.prefetch",
+    "*.attn_impl", "*.remat", "*.remat_policy", "*.scan_unroll",
+    "allow_random_init",
+)
+
+
+class RunDirectoryLocked(UserError):
+    pass
+
+
+class ConfigMismatch(UserError):
+    pass
+
+
+def prepare(workdir: str) -> str:
+    """Creates `workdir` if needed and checks that it is a writable directory; returns its
+    absolute path."""
+    workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"--workdir={workdir} is a file, not a directory: give a directory "
+                        "(it is created if missing)")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"--workdir={workdir} is not writable ({e.strerror or e}): choose "
+                        "another directory or fix its permissions") from None
+    return workdir
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock
+
+
+def _holder_text(holder: dict) -> str:
+    started = holder.get("started", 0)
+    when = datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds") if started else "?"
+    return f"host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, started {when}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _read_holder(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being written right now, or garbage: treat as held
+        return {}
+
+
+def _is_stale(path: str, holder: dict) -> bool:
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        return not _pid_alive(holder["pid"])
+    try:
+        return time.time() - os.path.getmtime(path) > STALE_AFTER_S
+    except FileNotFoundError:
+        return True
+
+
+class RunLock:
+    """An exclusive, stale-aware lock on a run directory (see the module docstring)."""
+
+    def __init__(self, workdir: str, what: str):
+        self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+        self.what = what
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+              "what": self.what}
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_holder(self.path)
+                if holder is None:
+                    continue  # released just now
+                if not _is_stale(self.path, holder):
+                    raise RunDirectoryLocked(
+                        f"{os.path.dirname(self.path)} is in use by another run "
+                        f"({_holder_text(holder)}, {holder.get('what', '?')}); wait for it to "
+                        f"finish or use another --workdir. If that process is gone, delete "
+                        f"{self.path}.")
+                if _read_holder(self.path) != holder:
+                    continue  # someone else took it over meanwhile: look again
+                logging.warning("taking over the lock of a run that is gone (%s)", _holder_text(holder))
+                with contextlib.suppress(FileNotFoundError):  # the rename lets one taker win
+                    os.replace(self.path, f"{self.path}.stale-{os.getpid()}")
+                    os.remove(f"{self.path}.stale-{os.getpid()}")
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="run-lock")
+            self._heartbeat.start()
+            return
+        raise RunDirectoryLocked(f"could not take the lock {self.path}: it keeps changing hands")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        holder = _read_holder(self.path)
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            os.remove(self.path)
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str, what: str) -> Iterator[None]:
+    """Holds the run directory's lock for the block (process 0 only)."""
+    if jax.process_index() != 0:
+        yield
+        return
+    lock = RunLock(workdir, what)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorded config
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _as_plain(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _resumable(field: str) -> bool:
+    return any(fnmatch.fnmatchcase(field, pattern) for pattern in RESUMABLE_FIELDS)
+
+
+def config_differences(recorded: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(fields that change what the checkpoints mean, fields that may change on resume), each
+    as 'field: recorded → current'."""
+    old, new = _flatten(recorded), _flatten(current)
+    breaking, allowed = [], []
+    for field in sorted(set(old) | set(new)):
+        a, b = old.get(field, "(absent)"), new.get(field, "(absent)")
+        if a != b:
+            (allowed if _resumable(field) else breaking).append(f"{field}: {a!r} → {b!r}")
+    return breaking, allowed
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Records `config` in a new run directory, or checks it against the recorded one."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    current = _as_plain(config)
+    if not os.path.exists(path):
+        if jax.process_index() == 0:
+            with atomic_write(path) as tmp, open(tmp, "w") as f:
+                json.dump(current, f, indent=2, sort_keys=True)
+        return
+    with open(path) as f:
+        recorded = json.load(f)
+    breaking, allowed = config_differences(recorded, current)
+    if breaking:
+        shown = "\n  ".join(breaking[:20]) + (f"\n  … and {len(breaking) - 20} more"
+                                               if len(breaking) > 20 else "")
+        raise ConfigMismatch(
+            f"{workdir} was created with another config ({path}); these fields differ and would "
+            f"change what its checkpoints mean:\n  {shown}\n"
+            "Nothing was changed. Resume with the recorded values, or start a fresh run in "
+            "another --workdir. To fine-tune from this run: export it (--config.mode=export "
+            f"--workdir={workdir}), then train in a new --workdir with "
+            f"--config.init_from={os.path.join(workdir, 'export')}.")
+    for change in allowed:
+        logging.info("resuming %s with a changed setting: %s", workdir, change)
+
+
+@contextlib.contextmanager
+def writing(workdir: str, config: ml_collections.ConfigDict, what: str) -> Iterator[str]:
+    """The run directory for a job that writes checkpoints or exports: created, locked and its
+    config checked for the block. Yields the absolute path."""
+    workdir = prepare(workdir)
+    with exclusive(workdir, what):
+        check_config(workdir, config)
+        yield workdir
