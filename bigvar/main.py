@@ -10,6 +10,8 @@ Dispatches on `config.mode`:
 The demo config (`configs/demo.py`, model=demo) runs its stages in order (`bigvar.demo`).
 Override any field on the command line, e.g. `--config.sample.cfg=4 --config.init_from=ckpt/var_d16`.
 On several hosts (TPU pod slice, SLURM), pass `--multihost` on every host.
+A user error (an unknown `--config.*` field, a bad value or path, a run directory in use or made
+with another config) prints one line, `error: …`, and exits with status 2.
 """
 from __future__ import annotations
 

@@ -266,6 +266,20 @@ def test_a_sampling_rerun_with_other_settings_refuses_and_damaged_parts_are_resa
     assert "its pixels agree within 1/255" in readme
 
 
+def test_of_two_jobs_claiming_one_samples_dir_at_once_exactly_one_wins(tmp_path):
+    import concurrent.futures
+    from bigvar.sampling.job import claim_samples_dir
+    for attempt in range(20):
+        out = tmp_path / str(attempt)
+        out.mkdir()
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(claim_samples_dir, str(out), {"seed": seed}) for seed in (0, 1)]
+        errors = [f.exception() for f in futures]
+        assert sum(e is None for e in errors) == 1, errors
+        assert all(e is None or isinstance(e, UserError) for e in errors)
+        assert os.listdir(out) == ["job.json"]
+
+
 def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
     path = tmp_path / "samples.npz"
     np.savez(path, arr_0=np.zeros(3))

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 
 import ml_collections
@@ -84,9 +85,15 @@ def claim_samples_dir(out_dir: str, identity: dict) -> None:
     a job with other settings or weights never mixes its images with these."""
     path = os.path.join(out_dir, JOB_FILE)
     if not os.path.exists(path):
-        with atomic_write(path) as tmp, open(tmp, "w") as f:
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        with open(tmp, "w") as f:
             json.dump(identity, f, indent=2, sort_keys=True)
-        return
+        try:  # a hard link creates `path` complete and only if absent: of two jobs, one wins
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.remove(tmp)
     with open(path) as f:
         recorded = json.load(f)
     if recorded != identity:
