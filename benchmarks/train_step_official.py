@@ -2,7 +2,7 @@
 with bigvar's JAX training step. Runs in a separate torch environment against a checkout of
 FoundationVision/VAR (not part of bigvar; nothing of it is copied here):
 
-  /work/venvs/torch/bin/python benchmarks/train_step_official.py --ref /work/ref/VAR \\
+  <torch-venv>/bin/python benchmarks/train_step_official.py --ref <reference-checkouts>/VAR \\
       --depth 16 --batch 4 --iters 3 [--threads 2]
 
 One step = the official ``trainer.VARTrainer.train_step`` (as train.py's train_one_ep calls it,

@@ -316,10 +316,12 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(tmp_path):
 
 
 def test_a_workdir_that_cannot_be_written_is_a_clear_error(tmp_path):
-    if os.geteuid() == 0:  # root ignores permission bits: use a read-only file system instead
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only file system, else a
+        # directory that cannot be created (its parent is a file)
         readonly = "/sys/bigvar-workdir"
-        if not os.path.isdir("/sys") or os.access("/sys", os.W_OK) and _writable("/sys"):
-            pytest.skip("no read-only location for root on this machine")
+        if not os.path.isdir("/sys") or _writable("/sys"):
+            (tmp_path / "a_file").write_text("x")
+            readonly = str(tmp_path / "a_file" / "run")
     else:
         (tmp_path / "ro").mkdir()
         os.chmod(tmp_path / "ro", 0o555)
