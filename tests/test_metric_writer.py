@@ -1,67 +1,45 @@
-"""MetricWriter: JSONL + TF-free TensorBoard event files + PNG images."""
+"""MetricWriter: JSONL + TensorBoard event files (tensorboardX), read back with TensorBoard's own
+readers."""
 import io
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator, event_file_loader
+from tensorboard.backend.event_processing import plugin_event_accumulator
+from tensorboard.util import tensor_util
 
-from bigvar.train import metric_writer as mw
-from bigvar.train.metric_writer import MetricWriter, read_events, read_jsonl
+from bigvar.train.metric_writer import FLUSH_SECS, MetricWriter, read_jsonl
 
-
-def _scalar_events(events):
-    return [(e["step"], e["scalars"]) for e in events if e["scalars"]]
-
-
-# -- CRC32C and framing ---------------------------------------------------------------------
-
-def test_crc32c_known_vectors():
-    assert mw.crc32c(b"123456789") == 0xE3069283
-    assert mw.crc32c(b"") == 0
-    assert mw.crc32c(b"\x00" * 32) == 0x8A9136AA  # RFC 3720 B.4 test vectors
-    assert mw.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert mw.crc32c(bytes(range(32))) == 0x46DD794E
-    assert mw._crc32c_py(b"123456789") == 0xE3069283
+_KEEP_ALL = {event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
 
 
-@pytest.mark.parametrize("size", [8192, 65536, 65536 + 17, 300_001])
-def test_crc32c_vectorised_matches_byte_loop(size):
-    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
-    assert mw._crc32c_numpy(data) == mw._crc32c_py(data)
-    assert mw.crc32c(data) == mw._crc32c_py(data)
+def _accumulator(path):
+    """What TensorBoard's Python loader shows for a run directory (or one event file)."""
+    acc = event_accumulator.EventAccumulator(str(path), size_guidance=_KEEP_ALL)
+    acc.Reload()
+    return acc
 
 
-def test_masked_crc32c_formula():
-    for data in [b"123456789", b"", b"\x00" * 8, b"event"]:
-        crc = mw.crc32c(data)
-        rotated = ((crc >> 15) | (crc << 17)) & 0xFFFFFFFF
-        assert mw.masked_crc32c(data) == (rotated + 0xA282EAD8) % 2**32
-    assert mw.masked_crc32c(b"123456789") == (
-        (((0xE3069283 >> 15) | (0xE3069283 << 17)) + 0xA282EAD8) % 2**32) & 0xFFFFFFFF
+def _scalars(path):
+    """{tag: [(step, value)]}, as TensorBoard's Python loader shows them."""
+    acc = _accumulator(path)
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_record_framing_layout():
-    record = mw._frame_record(b"hello")
-    assert len(record) == 8 + 4 + 5 + 4
-    assert struct.unpack("<Q", record[:8])[0] == 5
-    assert struct.unpack("<I", record[8:12])[0] == mw.masked_crc32c(record[:8])
-    assert record[12:17] == b"hello"
-    assert struct.unpack("<I", record[17:])[0] == mw.masked_crc32c(b"hello")
+def _event_files(logdir):
+    return sorted(os.path.join(logdir, f) for f in os.listdir(logdir) if ".tfevents." in f)
 
 
-def test_varint_encoding():
-    assert mw._varint(0) == b"\x00"
-    assert mw._varint(1) == b"\x01"
-    assert mw._varint(300) == b"\xac\x02"
-    assert mw._varint(-1) == b"\xff" * 9 + b"\x01"  # int64 two's complement, 10 bytes
-    event = mw._decode_event(mw._encode_event(1.5, -3))
-    assert event["step"] == -3 and event["wall_time"] == 1.5
+def _raw_events(path):
+    """The Event protos of one file, as written."""
+    return list(event_file_loader.LegacyEventFileLoader(str(path)).Load())
 
 
 # -- scalars --------------------------------------------------------------------------------
@@ -72,20 +50,21 @@ def test_scalars_round_trip(tmp_path):
     with MetricWriter(str(tmp_path)) as writer:
         for step, scalars in values:
             writer.write_scalars(step, scalars)
-        event_path = writer.event_path
+    (event_path,) = _event_files(tmp_path)
     assert os.path.basename(event_path).startswith("events.out.tfevents.")
-    events = read_events(event_path)
-    assert events[0]["file_version"] == "brain.Event:2"
-    assert not events[0]["scalars"]
-    got = _scalar_events(events)
-    assert [step for step, _ in got] == [0, 10, 20]
-    for (_, scalars), (_, expected) in zip(got, values):
-        assert set(scalars) == set(expected)
-        for name, value in expected.items():
-            assert scalars[name] == float(np.float32(value))  # stored as float32
-    assert all(e["wall_time"] > 1e9 for e in events)
-    # A whole-directory read gives the same events.
-    assert read_events(str(tmp_path)) == events
+    events = _raw_events(event_path)
+    assert events[0].file_version == "brain.Event:2"
+    summaries = [e for e in events if e.HasField("summary")]
+    assert [e.step for e in summaries] == [0, 10, 20]  # one event per write_scalars call
+    for event, (_, expected) in zip(summaries, values):
+        got = {v.tag: v.simple_value for v in event.summary.value}
+        assert got == {name: float(np.float32(v)) for name, v in expected.items()}  # float32
+    assert all(e.wall_time > 1e9 for e in events)
+    # TensorBoard's loader shows the same series.
+    assert _scalars(tmp_path) == {
+        "loss": [(0, 2.5), (10, float(np.float32(0.1))), (20, float(np.float32(0.37)))],
+        "lr": [(0, float(np.float32(1e-4))), (10, float(np.float32(3e-4)))],
+        "acc": [(20, 1.0)]}
 
 
 def test_jsonl_content(tmp_path):
@@ -102,12 +81,16 @@ def test_jsonl_content(tmp_path):
     assert read_jsonl(str(tmp_path)) == raw
 
 
-def test_jsonl_flushed_after_each_write(tmp_path):
+def test_written_before_close(tmp_path):
     writer = MetricWriter(str(tmp_path))
     writer.write_scalars(5, {"x": 1.0})
-    # Not closed: another reader must already see everything.
+    # Not closed: another reader must already see the JSONL line, and the event within
+    # FLUSH_SECS (tensorboardX's background thread).
     assert read_jsonl(str(tmp_path / "metrics.jsonl"))[0]["x"] == 1.0
-    assert _scalar_events(read_events(writer.event_path)) == [(5, {"x": 1.0})]
+    deadline = time.time() + FLUSH_SECS + 30  # generous: a loaded CI machine
+    while _scalars(tmp_path) != {"x": [(5, 1.0)]} and time.time() < deadline:
+        time.sleep(0.1)
+    assert _scalars(tmp_path) == {"x": [(5, 1.0)]}
     writer.close()
 
 
@@ -115,7 +98,6 @@ def test_non_finite_values(tmp_path):
     with MetricWriter(str(tmp_path)) as writer:
         writer.write_scalars(3, {"a": float("nan"), "b": float("inf"), "c": -np.inf,
                                  "big": 1e40})
-        event_path = writer.event_path
     text = (tmp_path / "metrics.jsonl").read_text()
     assert '"a": "nan"' in text and '"b": "inf"' in text and '"c": "-inf"' in text
     assert "NaN" not in text and "Infinity" not in text  # strict JSON
@@ -123,9 +105,12 @@ def test_non_finite_values(tmp_path):
     (record,) = read_jsonl(str(tmp_path))
     assert math.isnan(record["a"]) and record["b"] == math.inf and record["c"] == -math.inf
     assert record["big"] == 1e40  # float64 in JSONL
-    (_, scalars), = _scalar_events(read_events(event_path))
-    assert math.isnan(scalars["a"]) and scalars["b"] == math.inf and scalars["c"] == -math.inf
-    assert scalars["big"] == math.inf  # beyond float32 range
+    scalars = _scalars(tmp_path)
+    assert {tag: [step for step, _ in series] for tag, series in scalars.items()} == {
+        "a": [3], "b": [3], "c": [3], "big": [3]}
+    value = {tag: series[0][1] for tag, series in scalars.items()}
+    assert math.isnan(value["a"]) and value["b"] == math.inf and value["c"] == -math.inf
+    assert value["big"] == math.inf  # beyond float32 range
 
 
 def test_bad_inputs_fail_with_a_message(tmp_path):
@@ -149,34 +134,33 @@ def test_bad_inputs_fail_with_a_message(tmp_path):
 
 def test_image_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (64, 56, 3), dtype=np.uint8)  # noise: PNG > 8 KiB, NumPy CRC
+    rgb = rng.integers(0, 256, (64, 56, 3), dtype=np.uint8)
     gray = rng.integers(0, 256, (5, 7), dtype=np.uint8)
     rgba = rng.integers(0, 256, (6, 3, 4), dtype=np.uint8)
     with MetricWriter(str(tmp_path)) as writer:
         writer.write_images(7, {"samples/grid": rgb, "gray": gray, "rgba": rgba})
-        event_path = writer.event_path
-    (event,) = [e for e in read_events(event_path) if e["images"]]
-    assert event["step"] == 7
+    acc = _accumulator(tmp_path)
+    assert sorted(acc.Tags()["images"]) == ["gray", "rgba", "samples/grid"]
     for tag, expected in [("samples/grid", rgb), ("gray", gray), ("rgba", rgba)]:
-        height, width, png = event["images"][tag]
-        assert (height, width) == expected.shape[:2]
-        decoded = np.asarray(Image.open(io.BytesIO(png)))
-        np.testing.assert_array_equal(decoded, expected)
-    assert len(event["images"]["samples/grid"][2]) > mw._NUMPY_MIN_BYTES
-    # Colorspace field = number of channels.
-    image_value = mw._encode_image_value("t", 5, 7, 1, b"x")
-    assert mw._parse_message(mw._parse_message(image_value, "v")[1][2], "i")[2][2] == 1
-    files = sorted(os.listdir(tmp_path / "images"))
-    assert files == ["gray_00000007.png", "rgba_00000007.png", "samples_grid_00000007.png"]
-    np.testing.assert_array_equal(
-        np.asarray(Image.open(tmp_path / "images" / "samples_grid_00000007.png")), rgb)
+        (event,) = acc.Images(tag)
+        assert event.step == 7 and (event.height, event.width) == expected.shape[:2]
+        decoded = np.asarray(Image.open(io.BytesIO(event.encoded_image_string)))
+        np.testing.assert_array_equal(decoded, expected)  # lossless, channels kept
+    # One event for the call; colorspace = number of channels.
+    (event,) = [e for e in _raw_events(_event_files(tmp_path)[0]) if e.HasField("summary")]
+    assert {v.tag: v.image.colorspace for v in event.summary.value} == {
+        "samples/grid": 3, "gray": 1, "rgba": 4}
+    # Images go to the event file only (the trainers save grid PNGs under samples/).
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["metrics.jsonl", os.path.basename(_event_files(tmp_path)[0])])
 
 
-def test_images_without_tensorboard(tmp_path):
+def test_images_without_tensorboard_write_nothing(tmp_path):
     with MetricWriter(str(tmp_path), tensorboard=False) as writer:
         writer.write_images(3, {"x": np.zeros((2, 2, 3), np.uint8)})
-    assert not [f for f in os.listdir(tmp_path) if "tfevents" in f]
-    assert os.listdir(tmp_path / "images") == ["x_00000003.png"]
+        with pytest.raises(ValueError, match="uint8"):  # still checked
+            writer.write_images(3, {"x": np.zeros((2, 2, 3), np.float32)})
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]
 
 
 # -- resume ---------------------------------------------------------------------------------
@@ -192,38 +176,51 @@ def _without_time(records):
     return [{k: v for k, v in r.items() if k != "time"} for r in records]
 
 
-def test_truncate_after_resume_equals_uninterrupted(tmp_path):
+def _image_steps(path):
+    acc = _accumulator(path)
+    return [(e.step, e.encoded_image_string) for e in acc.Images("s")]
+
+
+def _plugin_scalars(path):
+    """{tag: [(step, value)]} as `tensorboard --load_fast=false` shows them."""
+    acc = plugin_event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item())
+                  for e in acc.Tensors(tag)] for tag in ("loss", "lr")}
+
+
+@pytest.mark.parametrize("truncate_fresh", [False, True])  # True: as the trainer does
+def test_truncate_after_resume_equals_uninterrupted(tmp_path, truncate_fresh):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     with MetricWriter(straight) as writer:
+        if truncate_fresh:
+            writer.truncate_after(0)
         _log(writer, range(0, 20))
     with MetricWriter(resumed) as writer:
+        if truncate_fresh:
+            writer.truncate_after(0)
         _log(writer, range(0, 15))  # preempted at step 14; last checkpoint at step 9
     with MetricWriter(resumed) as writer:
         writer.truncate_after(9)
         assert [r["step"] for r in read_jsonl(resumed)] == list(range(10))
         _log(writer, range(10, 20))
     assert _without_time(read_jsonl(resumed)) == _without_time(read_jsonl(straight))
-    assert sorted(os.listdir(os.path.join(resumed, "images"))) == sorted(
-        os.listdir(os.path.join(straight, "images")))
     # No temp files left behind.
     assert not [f for f in os.listdir(resumed) if f.endswith(".tmp")]
 
-    # TensorBoard: a second event file with the restart marker at step 10 (twice, see
-    # metric_writer's docstring).
-    files = sorted(f for f in os.listdir(resumed) if "tfevents" in f)
-    assert len(files) == 2
-    second = read_events(os.path.join(resumed, files[1]))
-    starts = [e["step"] for e in second if e["session_start"]]
+    # TensorBoard: each writer its own file, in name order; the second starts with the
+    # restart marker at step 10 (twice, see metric_writer's docstring).
+    first, second = _event_files(resumed)
+    starts = [e.step for e in _raw_events(second) if e.HasField("session_log")]
     assert starts == [10, 10]
-    # Applying TensorBoard's purge rule (drop seen events with step >= marker) gives the
-    # uninterrupted run's scalar series.
-    kept = []
-    for event in read_events(resumed):
-        if event["session_start"]:
-            kept = [e for e in kept if e["step"] < event["step"]]
-        elif event["scalars"]:
-            kept.append(event)
-    assert [(e["step"], e["scalars"]) for e in kept] == _scalar_events(read_events(straight))
+    # TensorBoard's Python loaders drop the stale steps 10-14 of the first file and show
+    # exactly the uninterrupted run's points, scalars and images.
+    assert _scalars(first)["loss"][-1][0] == 14  # (the stale points are there)
+    assert _scalars(resumed) == _scalars(straight)
+    assert _image_steps(resumed) == _image_steps(straight)
+    assert [s for s, _ in _image_steps(resumed)] == [0, 4, 8, 12, 16]
+    assert _plugin_scalars(resumed) == _plugin_scalars(straight)
+    assert [s for s, _ in _plugin_scalars(resumed)["loss"]] == list(range(20))
 
 
 def test_truncate_after_on_fresh_run_and_partial_line(tmp_path):
@@ -244,7 +241,23 @@ def test_truncate_after_on_fresh_run_and_partial_line(tmp_path):
     assert [(r["step"], r["x"]) for r in read_jsonl(str(tmp_path))] == [(0, 0.0), (1, 5.0)]
 
 
-# -- multi-host, corruption -----------------------------------------------------------------
+def test_two_writers_in_the_same_second_keep_separate_files(tmp_path):
+    """tensorboardX names files after the second and host: the suffix keeps them apart."""
+    a, b = MetricWriter(str(tmp_path / "a")), MetricWriter(str(tmp_path / "b"))
+    c, d = MetricWriter(str(tmp_path)), MetricWriter(str(tmp_path))
+    for step, writer in enumerate([a, b, c, d]):
+        writer.write_scalars(step, {f"w{step}": float(step)})
+    for writer in [a, b, c, d]:
+        writer.close()
+    files = _event_files(tmp_path)
+    assert len(files) == 2
+    assert [{v.tag for e in _raw_events(f) for v in e.summary.value}
+            for f in files] == [{"w2"}, {"w3"}]  # name order = creation order
+    assert _scalars(tmp_path) == {"w2": [(2, 2.0)], "w3": [(3, 3.0)]}
+    assert _scalars(tmp_path / "a") == {"w0": [(0, 0.0)]}
+
+
+# -- multi-host, imports ---------------------------------------------------------------------
 
 def test_non_chief_writes_nothing(tmp_path):
     logdir = tmp_path / "run"
@@ -254,31 +267,17 @@ def test_non_chief_writes_nothing(tmp_path):
         writer.truncate_after(0)
         writer.flush()
     assert not logdir.exists()
-    assert writer.event_path is None
 
 
-def test_read_events_detects_corruption(tmp_path):
-    with MetricWriter(str(tmp_path)) as writer:
-        writer.write_scalars(1, {"loss": 1.0})
-        event_path = writer.event_path
-    blob = open(event_path, "rb").read()
-    second = len(mw._frame_record(mw._encode_event(0.0, 0, file_version="brain.Event:2")))
-    for offset, message in [(second + 20, "corrupt record data"),   # a byte of the data
-                            (second + 2, "corrupt record length")]:  # a byte of the length
-        bad = bytearray(blob)
-        bad[offset] ^= 0x01
-        path = tmp_path / "bad.tfevents"
-        path.write_bytes(bytes(bad))
-        with pytest.raises(ValueError, match=message):
-            read_events(str(path))
-    path.write_bytes(blob[:-3])
-    with pytest.raises(ValueError, match="truncated"):
-        read_events(str(path))
-
-
-def test_no_tensorflow_imported():
-    code = ("import sys, bigvar.train.metric_writer; "
+def test_no_tensorflow_imported(tmp_path):
+    """Neither importing the module nor writing event files imports TensorFlow (or
+    TensorBoard, or JAX)."""
+    code = ("import sys, numpy as np; from bigvar.train.metric_writer import MetricWriter\n"
+            f"with MetricWriter({str(tmp_path)!r}) as w:\n"
+            "    w.truncate_after(0); w.write_scalars(1, {'x': 1.0})\n"
+            "    w.write_images(1, {'i': np.zeros((2, 2, 3), np.uint8)})\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tensorflow', 'tensorboard', 'jax')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    assert _scalars(tmp_path) == {"x": [(1, 1.0)]}

@@ -1,7 +1,7 @@
-"""TF-free metric writer: JSONL always, TensorBoard event files optionally, PNG images.
+"""A run's metrics: JSONL always, TensorBoard event files (through tensorboardX) optionally.
 
-    with MetricWriter(workdir, is_chief=jax.process_index() == 0) as writer:
-        writer.truncate_after(restored_step)    # on resume; a no-op on a fresh run
+    with MetricWriter(os.path.join(workdir, "logs"), is_chief=jax.process_index() == 0) as writer:
+        writer.truncate_after(restored_step)    # on resume; harmless on a fresh run
         writer.write_scalars(step, {"loss": loss, "lr": lr})
         writer.write_images(step, {"samples": grid_uint8_hwc})
 
@@ -15,365 +15,66 @@ What lands in `logdir`:
   line, so a killed process loses nothing (a power cut may lose what the OS had not yet
   written: lines are not fsynced). A line cut short by a crash is dropped when the next writer
   opens the file.
-- `events.out.tfevents.<10-digit unix time>.<host>[.<n>]`: a TensorBoard event file (only with
-  `tensorboard=True`). Every writer starts a new one; its first record is
-  `file_version = "brain.Event:2"`. Scalars are float32 `simple_value`s (the format has no
-  float64 scalar; values beyond float32 range become +-inf there), images PNG
-  `Summary.Image`s. The TFRecord framing and the protobuf messages are encoded here by hand:
-  neither TensorFlow nor the `tensorboard` package is needed. Flushed after every record.
-- `images/<name>_<step:08d>.png`: every image given to `write_images`, with or without
-  TensorBoard (characters of `name` other than letters, digits, `.`, `_`, `-` become `_`).
+- `events.out.tfevents.<unix time>.<host>.<unix time ns>.<pid>.<n>`: a TensorBoard event file
+  per writer (only with `tensorboard=True`), opened at its first write or `truncate_after`,
+  written by tensorboardX (no TensorFlow). Each `write_scalars` call is one event of float32
+  `simple_value`s (the format has no float64 scalar; values beyond float32 range become +-inf
+  there), each `write_images` call one event of PNG images. tensorboardX writes from a
+  background thread that flushes (and fsyncs) at most `FLUSH_SECS` after a write, so a killed
+  process may lose its last second of events (metrics.jsonl loses nothing); `close()` writes
+  everything. The name's suffix keeps the files of writers opened in the same second apart
+  and sorted in creation order, which the resume below relies on: TensorBoard reads a run's
+  files in name order.
+
+Images go to the event file only: the trainers save their grids as PNGs in `<workdir>/samples/`.
 
 Exact resume: `truncate_after(step)` rewrites `metrics.jsonl` atomically (temp file, then
-`os.replace`) without the lines of steps > `step`, and deletes the `images/*_<step>.png` of
-steps > `step`, so that after resuming from the checkpoint at `step` both equal those of an
-uninterrupted run. Event files are never rewritten: the resumed writer has started a new event
-file, and TensorBoard resolves the overlap itself. Its Python loaders
-(`tensorboard --load_fast=false`, `EventAccumulator`) keep every point unless told of a
-restart, so `truncate_after` writes TensorFlow's restart marker, a `SessionLog{status: START}`
-event at `step + 1`, into the new file; they then drop the events with step > `step` read from
-the older files. The marker is written twice, because `--load_fast=false` takes the first
+`os.replace`) without the lines of steps > `step`, so that after resuming from the checkpoint
+at `step` it equals that of an uninterrupted run. Event files are never rewritten: the
+resumed writer's new file starts with tensorboardX's `purge_step=step + 1`, a
+`SessionLog{status: START}` event at `step + 1`, after which TensorBoard's Python loaders
+(`tensorboard --load_fast=false`, `EventAccumulator`) drop the events with step > `step` read
+from the older files. The marker is written twice, because `--load_fast=false` takes the first
 START of a run for the initial session start and ignores it (a repeated marker purges nothing
 more). TensorBoard's fast Rust loader (the default) ignores the marker but keeps only the
-last-written point of a repeated step, so the resumed run's points replace the stale ones;
-a stale point of a step that the resumed run does not log again (say an image at step 12 when
-the resumed run logs images at other steps) stays visible there. Checked with tensorboard
-2.21 (two resumes, scalars and images): the Python loaders show exactly the uninterrupted
-run's points, the Rust loader too except for such never-relogged steps.
+last-written point of a repeated step, so the resumed run's points replace the stale ones; a
+stale point of a step that the resumed run does not log again (say an image at step 12 when
+the resumed run logs images at other steps) stays visible there.
 
 Multi-host: construct with `is_chief=(jax.process_index() == 0)`; on other hosts every method
 is a no-op and nothing is created on disk.
 
-`logdir` must be a local or mounted (e.g. gcsfuse) directory: files are written with `open`.
+`logdir` must be a local or mounted (e.g. gcsfuse) directory: `metrics.jsonl` is written with
+`open`.
 
-`read_jsonl(path)` and `read_events(path)` read the files back (tests, notebooks, scripts);
-`read_events` checks both CRCs of every record and raises on corruption.
+`read_jsonl(path)` reads `metrics.jsonl` back (tests, notebooks, scripts); read event files
+with TensorBoard's own readers, e.g.
+`tensorboard.backend.event_processing.event_accumulator.EventAccumulator(logdir)`.
 """
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
-import re
-import socket
-import struct
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = [
-    "MetricWriter",
-    "read_jsonl",
-    "read_events",
-    "crc32c",
-    "masked_crc32c",
-    "METRICS_FILE",
-    "IMAGES_DIR",
-]
+__all__ = ["MetricWriter", "read_jsonl", "METRICS_FILE", "FLUSH_SECS"]
 
 METRICS_FILE = "metrics.jsonl"
-IMAGES_DIR = "images"
-FILE_VERSION = "brain.Event:2"
+FLUSH_SECS = 1  # tensorboardX's background thread flushes the event file at most this late
 _RESERVED_KEYS = ("step", "time")
 _STR_TO_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-_IMAGE_FILE_RE = re.compile(r"_(\d{8,})\.png$")
+_WRITER_NUMBERS = itertools.count()
 
 
 # ---------------------------------------------------------------------------------------------
-# CRC32C (Castagnoli): reflected polynomial 0x82F63B78, initial value and final xor 0xFFFFFFFF.
+# metrics.jsonl reader.
 # ---------------------------------------------------------------------------------------------
-
-def _make_crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _make_crc_table()
-_CRC_TABLE_NP = np.array(_CRC_TABLE, dtype=np.uint32)
-# Below this size the byte loop (~7 MB/s, so ~1 ms here) beats the vectorised version.
-_NUMPY_MIN_BYTES = 8192
-
-
-def _crc_update_py(state: int, data: bytes) -> int:
-    """Runs the (not inverted) CRC register over `data`, one table lookup per byte."""
-    table = _CRC_TABLE
-    for b in data:
-        state = table[(state ^ b) & 0xFF] ^ (state >> 8)
-    return state
-
-
-def _crc32c_py(data: bytes) -> int:
-    return _crc_update_py(0xFFFFFFFF, data) ^ 0xFFFFFFFF
-
-
-def _crc32c_numpy(data: bytes) -> int:
-    """CRC32C of a large buffer (a PNG), ~100x faster than the byte loop.
-
-    The buffer is cut into `k` lanes of `n` bytes that advance together, one NumPy step per
-    byte position. The register update is linear over GF(2): running it from state `s` over a
-    chunk gives `shift(s) ^ raw(chunk)`, where `raw` starts from 0 and `shift` (running over
-    `n` zero bytes) depends only on the chunk length. So the lanes start from 0; 32 extra
-    all-zero lanes starting from the unit vectors `1 << j` compute `shift` on the way; then the
-    lane results are chained in order through `shift` (applied as four 256-entry byte tables).
-    The bytes left over after the last whole lane go through the byte loop.
-    """
-    buf = np.frombuffer(data, dtype=np.uint8)
-    n = max(256, math.isqrt(buf.size))
-    k = buf.size // n
-    lanes = np.zeros((n, k + 32), dtype=np.uint8)  # lanes[i, j]: byte i of lane j
-    lanes[:, :k] = buf[:k * n].reshape(k, n).T
-    state = np.zeros(k + 32, dtype=np.uint32)
-    state[k:] = np.uint32(1) << np.arange(32, dtype=np.uint32)
-    table, eight = _CRC_TABLE_NP, np.uint32(8)
-    for row in lanes:
-        state = table[(state ^ row) & 0xFF] ^ (state >> eight)
-    raws = state[:k].tolist()
-    shift_of_bit = state[k:]
-    byte_values = np.arange(256, dtype=np.uint32)
-    shift_tables = []
-    for t in range(4):
-        tab = np.zeros(256, dtype=np.uint32)
-        for bit in range(8):
-            tab[(byte_values >> np.uint32(bit)) & 1 == 1] ^= shift_of_bit[8 * t + bit]
-        shift_tables.append(tab.tolist())
-    s0, s1, s2, s3 = shift_tables
-    crc = 0xFFFFFFFF
-    for raw in raws:
-        crc = s0[crc & 0xFF] ^ s1[(crc >> 8) & 0xFF] ^ s2[(crc >> 16) & 0xFF] ^ s3[crc >> 24] ^ raw
-    crc = _crc_update_py(crc, buf[k * n:].tobytes())
-    return crc ^ 0xFFFFFFFF
-
-
-def _crc32c_fallback(data: bytes) -> int:
-    return _crc32c_numpy(data) if len(data) >= _NUMPY_MIN_BYTES else _crc32c_py(data)
-
-
-try:  # a compiled implementation, when one happens to be installed
-    import google_crc32c as _google_crc32c  # type: ignore
-
-    def crc32c(data: bytes) -> int:
-        """CRC32C (Castagnoli) of `data`, as an unsigned 32-bit int (google_crc32c)."""
-        return int(_google_crc32c.value(bytes(data)))
-except ImportError:
-    try:
-        import crc32c as _crc32c_module  # type: ignore
-
-        def crc32c(data: bytes) -> int:
-            """CRC32C (Castagnoli) of `data`, as an unsigned 32-bit int (crc32c package)."""
-            return int(_crc32c_module.crc32c(bytes(data)))
-    except ImportError:
-
-        def crc32c(data: bytes) -> int:
-            """CRC32C (Castagnoli) of `data`, as an unsigned 32-bit int (Python/NumPy)."""
-            return _crc32c_fallback(bytes(data))
-
-
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord checksum: CRC32C rotated right by 15 bits, plus 0xa282ead8, mod 2**32."""
-    crc = crc32c(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _frame_record(data: bytes) -> bytes:
-    """TFRecord: u64 length, masked CRC of those 8 bytes, data, masked CRC of the data."""
-    header = struct.pack("<Q", len(data))
-    return b"".join([header, struct.pack("<I", masked_crc32c(header)),
-                     data, struct.pack("<I", masked_crc32c(data))])
-
-
-# ---------------------------------------------------------------------------------------------
-# Minimal protobuf wire format of tensorflow.Event and Summary (field numbers of event.proto
-# and summary.proto).
-# ---------------------------------------------------------------------------------------------
-
-_VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
-
-
-def _varint(value: int) -> bytes:
-    value &= 0xFFFFFFFFFFFFFFFF  # a negative int64 is encoded as its two's complement
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
-
-
-def _pb_varint(field: int, value: int) -> bytes:
-    return _key(field, _VARINT) + _varint(value)
-
-
-def _pb_bytes(field: int, value: bytes) -> bytes:
-    return _key(field, _BYTES) + _varint(len(value)) + value
-
-
-def _pb_double(field: int, value: float) -> bytes:
-    return _key(field, _FIXED64) + struct.pack("<d", value)
-
-
-def _pb_float(field: int, value: float) -> bytes:
-    # Through NumPy: a value beyond float32 range becomes +-inf (struct.pack would raise).
-    with np.errstate(over="ignore"):
-        return _key(field, _FIXED32) + np.asarray(value, dtype="<f4").tobytes()
-
-
-def _encode_event(wall_time: float, step: int, *, file_version: str | None = None,
-                  summary: bytes | None = None, session_start: bool = False) -> bytes:
-    """Event{wall_time=1 double, step=2 int64, file_version=3 | summary=5 | session_log=7}."""
-    out = _pb_double(1, wall_time) + _pb_varint(2, step)
-    if file_version is not None:
-        out += _pb_bytes(3, file_version.encode("utf-8"))
-    if summary is not None:
-        out += _pb_bytes(5, summary)
-    if session_start:
-        out += _pb_bytes(7, _pb_varint(1, 1))  # SessionLog{status=1: START}
-    return out
-
-
-def _encode_scalar_value(tag: str, value: float) -> bytes:
-    """Summary.Value{tag=1, simple_value=2 float}."""
-    return _pb_bytes(1, tag.encode("utf-8")) + _pb_float(2, value)
-
-
-def _encode_image_value(tag: str, height: int, width: int, channels: int, png: bytes) -> bytes:
-    """Summary.Value{tag=1, image=4 Image{height=1, width=2, colorspace=3, encoded=4}}."""
-    image = b"".join([_pb_varint(1, height), _pb_varint(2, width), _pb_varint(3, channels),
-                      _pb_bytes(4, png)])
-    return _pb_bytes(1, tag.encode("utf-8")) + _pb_bytes(4, image)
-
-
-def _encode_summary(values: list[bytes]) -> bytes:
-    """Summary{value=1 repeated Value}."""
-    return b"".join(_pb_bytes(1, v) for v in values)
-
-
-def _parse_message(data: bytes, what: str) -> list[tuple[int, int, Any]]:
-    """Splits a protobuf message into (field number, wire type, raw value) triples."""
-    fields = []
-    pos, end = 0, len(data)
-
-    def read_varint() -> int:
-        nonlocal pos
-        result = shift = 0
-        while True:
-            if pos >= end or shift > 63:
-                raise ValueError(f"malformed varint in {what}")
-            b = data[pos]
-            pos += 1
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result
-
-    while pos < end:
-        key = read_varint()
-        field, wire_type = key >> 3, key & 7
-        if wire_type == _VARINT:
-            value: Any = read_varint()
-        elif wire_type == _FIXED64:
-            value, pos = data[pos:pos + 8], pos + 8
-        elif wire_type == _FIXED32:
-            value, pos = data[pos:pos + 4], pos + 4
-        elif wire_type == _BYTES:
-            length = read_varint()
-            value, pos = data[pos:pos + length], pos + length
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type} in {what}")
-        if pos > end:
-            raise ValueError(f"truncated field {field} in {what}")
-        fields.append((field, wire_type, value))
-    return fields
-
-
-def _decode_event(data: bytes) -> dict:
-    event: dict[str, Any] = {"wall_time": 0.0, "step": 0, "file_version": None,
-                             "session_start": False, "scalars": {}, "images": {}}
-    for field, wire_type, value in _parse_message(data, "Event"):
-        if field == 1 and wire_type == _FIXED64:
-            event["wall_time"] = struct.unpack("<d", value)[0]
-        elif field == 2 and wire_type == _VARINT:
-            event["step"] = value - (1 << 64) if value >= 1 << 63 else value
-        elif field == 3 and wire_type == _BYTES:
-            event["file_version"] = value.decode("utf-8")
-        elif field == 5 and wire_type == _BYTES:
-            for f, wt, summary_value in _parse_message(value, "Summary"):
-                if f == 1 and wt == _BYTES:
-                    _decode_summary_value(summary_value, event)
-        elif field == 7 and wire_type == _BYTES:
-            for f, wt, status in _parse_message(value, "SessionLog"):
-                if f == 1 and wt == _VARINT and status == 1:
-                    event["session_start"] = True
-    return event
-
-
-def _decode_summary_value(data: bytes, event: dict) -> None:
-    tag, scalar, image = None, None, None
-    for field, wire_type, value in _parse_message(data, "Summary.Value"):
-        if field == 1 and wire_type == _BYTES:
-            tag = value.decode("utf-8")
-        elif field == 2 and wire_type == _FIXED32:
-            scalar = struct.unpack("<f", value)[0]
-        elif field == 4 and wire_type == _BYTES:
-            parts: dict[int, Any] = {1: 0, 2: 0, 4: b""}
-            for f, wt, v in _parse_message(value, "Summary.Image"):
-                if f in parts and wt == (_BYTES if f == 4 else _VARINT):
-                    parts[f] = v
-            image = (parts[1], parts[2], bytes(parts[4]))
-    if tag is not None and scalar is not None:
-        event["scalars"][tag] = scalar
-    if tag is not None and image is not None:
-        event["images"][tag] = image
-
-
-# ---------------------------------------------------------------------------------------------
-# Readers.
-# ---------------------------------------------------------------------------------------------
-
-def read_events(path: str) -> list[dict]:
-    """Reads an event file written by `MetricWriter` (or all of a logdir's, in name order).
-
-    Returns one dict per record: {"wall_time": float, "step": int, "file_version": str | None,
-    "session_start": bool, "scalars": {tag: float}, "images": {tag: (height, width, png)}}.
-    Raises ValueError, naming the file and byte offset, on a length or data CRC mismatch or a
-    truncated record.
-    """
-    if os.path.isdir(path):
-        files = sorted(f for f in os.listdir(path) if ".tfevents." in f)
-        return [event for f in files for event in read_events(os.path.join(path, f))]
-    with open(path, "rb") as f:
-        blob = f.read()
-    events, pos = [], 0
-    while pos < len(blob):
-        if pos + 12 > len(blob):
-            raise ValueError(f"{path}: truncated record header at byte {pos}")
-        header = blob[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        (length_crc,) = struct.unpack("<I", blob[pos + 8:pos + 12])
-        if masked_crc32c(header) != length_crc:
-            raise ValueError(f"{path}: corrupt record length (CRC mismatch) at byte {pos}")
-        start, stop = pos + 12, pos + 12 + length
-        if stop + 4 > len(blob):
-            raise ValueError(f"{path}: truncated record at byte {pos} ({length} data bytes "
-                             f"announced, {len(blob) - start} present)")
-        data = blob[start:stop]
-        (data_crc,) = struct.unpack("<I", blob[stop:stop + 4])
-        if masked_crc32c(data) != data_crc:
-            raise ValueError(f"{path}: corrupt record data (CRC mismatch) at byte {pos}")
-        events.append(_decode_event(data))
-        pos = stop + 4
-    return events
-
 
 def _complete_lines(text: str) -> list[str]:
     """The non-empty lines of `text` that end in a newline (the last one may be cut short)."""
@@ -443,10 +144,6 @@ def _json_number(value: float) -> float | str:
     return value
 
 
-def _file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
 def _as_image(name: str, image: Any) -> np.ndarray:
     array = np.asarray(image)
     if array.ndim == 2:
@@ -474,7 +171,8 @@ class MetricWriter:
 
     Args:
       logdir: directory to write into; created if missing.
-      tensorboard: also write a TensorBoard event file.
+      tensorboard: also write a TensorBoard event file (opened at the first write or
+        `truncate_after`, which has to pass the resume step to it).
       is_chief: False makes every method a no-op (pass `jax.process_index() == 0`).
     """
 
@@ -483,18 +181,14 @@ class MetricWriter:
         self.is_chief = bool(is_chief)
         self.tensorboard = bool(tensorboard)
         self.metrics_path = os.path.join(self.logdir, METRICS_FILE)
-        self.images_dir = os.path.join(self.logdir, IMAGES_DIR)
-        self.event_path: str | None = None
         self._jsonl = None
-        self._events = None
+        self._tb = None  # tensorboardX.SummaryWriter
         self._closed = False
         if not self.is_chief:
             return
         os.makedirs(self.logdir, exist_ok=True)
         self._drop_partial_last_line()
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
-        if self.tensorboard:
-            self._open_event_file()
 
     # -- files -----------------------------------------------------------------------------
 
@@ -508,21 +202,23 @@ class MetricWriter:
                 f.seek(0)
                 f.truncate(f.read().rfind(b"\n") + 1)
 
-    def _open_event_file(self) -> None:
-        now = time.time()
-        base = os.path.join(self.logdir,
-                            f"events.out.tfevents.{int(now):010d}.{socket.gethostname()}")
-        path, n = base, 0
-        while os.path.exists(path):  # two writers within one second: a later name sorts later
-            n += 1
-            path = f"{base}.{n}"
-        self._events = open(path, "xb")
-        self.event_path = path
-        self._write_event(_encode_event(now, 0, file_version=FILE_VERSION))
+    def _open_event_file(self, purge_step: int | None = None) -> None:
+        from tensorboardX import SummaryWriter  # imported here to keep imports light
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-    def _write_event(self, event: bytes) -> None:
-        self._events.write(_frame_record(event))
-        self._events.flush()
+        # tensorboardX names the file after the second and the host only; the nanosecond time
+        # sorts same-second files in creation order, the pid and counter make the name unique.
+        suffix = f".{time.time_ns()}.{os.getpid()}.{next(_WRITER_NUMBERS)}"
+        self._tb = SummaryWriter(self.logdir, purge_step=purge_step, flush_secs=FLUSH_SECS,
+                                 filename_suffix=suffix)
+        if purge_step is not None:  # a second START: `--load_fast=false` skips a run's first
+            start = Event(session_log=SessionLog(status=SessionLog.START))
+            self._tb.file_writer.add_event(start, step=purge_step)
+
+    def _write_summary(self, step: int, wall_time: float, summary) -> None:
+        if self._tb is None:
+            self._open_event_file()
+        self._tb.file_writer.add_summary(summary, step, wall_time)
 
     def _active(self) -> bool:
         """True when this writer should write; raises if it was closed."""
@@ -556,37 +252,35 @@ class MetricWriter:
         record.update((name, _json_number(v)) for name, v in values.items())
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
-        if self._events is not None and values:
-            summary = _encode_summary([_encode_scalar_value(n, v) for n, v in values.items()])
-            self._write_event(_encode_event(now, step, summary=summary))
+        if self.tensorboard and values:
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            self._write_summary(step, now, Summary(value=[
+                Summary.Value(tag=name, simple_value=v) for name, v in values.items()]))
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:
-        """Saves uint8 HWC (or HW) images as images/<name>_<step:08d>.png and to TensorBoard."""
+        """Adds uint8 HWC (or HW) images to TensorBoard as PNGs (nothing without TensorBoard)."""
         if not self._active():
             return
         step = _as_step(step)
         arrays = {name: _as_image(name, image) for name, image in images.items()}
-        if not arrays:
+        if not arrays or not self.tensorboard:
             return
-        os.makedirs(self.images_dir, exist_ok=True)
-        values = []
-        for name, array in arrays.items():
-            png = _encode_png(array)
-            path = os.path.join(self.images_dir, f"{_file_name(name)}_{step:08d}.png")
-            with open(path + ".tmp", "wb") as f:
-                f.write(png)
-            os.replace(path + ".tmp", path)
-            height, width, channels = array.shape
-            values.append(_encode_image_value(name, height, width, channels, png))
-        if self._events is not None:
-            self._write_event(_encode_event(time.time(), step, summary=_encode_summary(values)))
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        # Encoded here rather than with tensorboardX's add_image, which stores grayscale as RGB.
+        self._write_summary(step, time.time(), Summary(value=[
+            Summary.Value(tag=name, image=Summary.Image(
+                height=array.shape[0], width=array.shape[1], colorspace=array.shape[2],
+                encoded_image_string=_encode_png(array)))
+            for name, array in arrays.items()]))
 
     def truncate_after(self, step: int) -> None:
         """Forgets what was logged after `step`; call it when resuming from a checkpoint at `step`.
 
-        metrics.jsonl is rewritten atomically without the lines of later steps, later
-        images/*_<step>.png are deleted, and SessionLog START events at `step + 1` in this
-        writer's new event file make TensorBoard drop the older files' later events.
+        metrics.jsonl is rewritten atomically without the lines of later steps, and a new event
+        file whose START markers at `step + 1` make TensorBoard drop the older files' later
+        events is opened (closing this writer's previous one, if any).
         """
         if not self._active():
             return
@@ -603,33 +297,30 @@ class MetricWriter:
             os.fsync(f.fileno())
         os.replace(tmp, self.metrics_path)
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
-        if os.path.isdir(self.images_dir):
-            for name in os.listdir(self.images_dir):
-                match = _IMAGE_FILE_RE.search(name)
-                if match and int(match.group(1)) > step:
-                    os.remove(os.path.join(self.images_dir, name))
-        if self._events is not None:
-            marker = _encode_event(time.time(), step + 1, session_start=True)
-            self._write_event(marker)  # `--load_fast=false` skips a run's first START...
-            self._write_event(marker)  # ...so it must see a second one (see module docstring)
+        if self.tensorboard:
+            if self._tb is not None:
+                self._tb.close()
+            self._open_event_file(purge_step=step + 1)
 
     def flush(self) -> None:
-        """No-op in effect: every write is already flushed. Kept for familiarity."""
+        """Flushes what tensorboardX's thread has written so far; metrics.jsonl is flushed at
+        every write. Only `close()` waits for events still queued."""
         if not self._active():
             return
         self._jsonl.flush()
-        if self._events is not None:
-            self._events.flush()
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self) -> None:
-        """Closes the files. Idempotent; writing afterwards raises."""
+        """Writes everything and closes the files. Idempotent; writing afterwards raises."""
         if self._closed:
             return
         self._closed = True
-        for f in (self._jsonl, self._events):
-            if f is not None:
-                f.close()
-        self._jsonl = self._events = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._jsonl = self._tb = None
 
     def __enter__(self) -> "MetricWriter":
         return self
