@@ -1,9 +1,9 @@
 """BiGR sampler throughput and compile time on the current backend, random weights.
 
-  python benchmarks/bigr_sample.py --size=L --batch=8 --num_iter=20 --transcoder_steps=100
-  python benchmarks/bigr_sample.py --size=XXL --compile_only
+  python benchmarks/bigr_sample.py --release=l_d24 --batch=8 --num_iter=20 --transcoder_steps=100
+  python benchmarks/bigr_sample.py --release=xxl_d24 --compile_only
 
-Prints one line: backend, size, batch, iterations, transcoder steps, compile seconds, seconds per
+Prints one line: backend, release, batch, iterations, transcoder steps, compile seconds, seconds per
 batch, images/s, and seconds per unmasking iteration (every iteration costs the same: the
 transformer and the transcoder see all tokens, as in the official sampler), which lets a short
 run (--num_iter=2) predict a long one.
@@ -17,15 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar import configs
-from bigvar.params import init_params, param_shapes
+from bigvar import config_lib, models
+from bigvar.models import init_params, param_shapes
 from bigvar.sampling import bigr as sb
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default="L", choices=sorted(configs.BIGR_SIZES))
-    p.add_argument("--bits", type=int, default=24)
+    p.add_argument("--release", default="l_d24", help="a configs/bigr.py release: l_d24, xl_d24, "
+                   "xxl_d24, xxl_d32 or l_d32_512")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--num_iter", type=int, default=20)
     p.add_argument("--transcoder_steps", type=int, default=100)
@@ -37,9 +37,9 @@ def main():
     p.add_argument("--compile_only", action="store_true")
     args = p.parse_args()
 
-    config = configs.bigr_config(args.size, binary_size=args.bits)
+    config = config_lib.load_config_file("bigr.py", args.release)
     config.bigr.dtype = args.dtype
-    model, bae = configs.build_bigr(config), configs.build_bae(config)
+    model, bae = models.build(config)
     settings = sb.BiGRSamplingSettings(num_iter=args.num_iter, cfg=args.cfg, gumbel=0.01,
                                        transcoder_steps=args.transcoder_steps)
     counts = jnp.asarray(np.tile(sb.reveal_counts(model.seq_len, args.num_iter), (args.batch, 1)))
@@ -59,8 +59,8 @@ def main():
     start = time.perf_counter()
     compiled = jax.jit(generate).lower(*shapes, labels, jnp.uint32(0), index).compile()
     compile_s = time.perf_counter() - start
-    line = (f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} size={args.size} "
-            f"K={args.bits} batch={args.batch} num_iter={args.num_iter} "
+    line = (f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} "
+            f"release={args.release} K={model.binary_size} batch={args.batch} num_iter={args.num_iter} "
             f"transcoder_steps={args.transcoder_steps} dtype={args.dtype} compile_s={compile_s:.1f}")
     if args.compile_only:
         print(line)

@@ -15,11 +15,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigvar import configs
-from bigvar.params import param_shapes
+from bigvar import models
+from bigvar.models.var import config_section as var_section
+from bigvar.tokenizers.msvq import config_section as vae_section
 from bigvar.train import checkpoints as ck
 
 
@@ -38,11 +40,10 @@ def main():
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args()
 
-    config = configs.var_config(args.depth)
-    config.vae = configs.vae_config(ch=32, vocab_size=4096)  # the generator's state is what counts
-    from bigvar.params import build_models
-    generator, tokenizer = build_models(config)
-    shapes = param_shapes(generator, tokenizer)[0]
+    # The generator's state is what counts: a small tokenizer.
+    config = ml_collections.ConfigDict(dict(model="var", var=var_section(args.depth),
+                                            vae=vae_section(ch=32, vocab_size=4096)))
+    shapes = models.param_shapes(*models.build(config))[0]
     rng = np.random.default_rng(0)
     params = jax.tree_util.tree_map(
         lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32)), shapes)
@@ -55,9 +56,9 @@ def main():
           f"{n * 4 / 2**30:.2f} GiB")
 
     t = time.perf_counter()
-    ck._checksums.lower(state).compile()
+    ck.device_checksums.lower(state).compile()
     print(f"checksum compile: {time.perf_counter() - t:.2f} s")
-    print(f"checksums: {_median_seconds(lambda: ck._checksums(state), args.iters):.3f} s")
+    print(f"checksums: {_median_seconds(lambda: ck.device_checksums(state), args.iters):.3f} s")
 
     with tempfile.TemporaryDirectory() as tmp:
         plain = ocp.CheckpointManager(f"{tmp}/plain", options=ocp.CheckpointManagerOptions(

@@ -12,22 +12,14 @@ a compile + warm-up step: compile seconds, seconds per step, images/s and tokens
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar import parallel
+from bigvar import config_lib, parallel
 from bigvar.train.generator import Trainer, load_tokenizer
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def main():
@@ -40,7 +32,7 @@ def main():
     p.add_argument("--attn_impl", default="xla", choices=["xla", "cudnn"])
     args = p.parse_args()
 
-    config = load_config(args.config)
+    config = config_lib.load_config_file(*args.config.split(":", 1))
     config.mode = "train"
     config.allow_random_init = True
     config.train.update(batch_size=args.batch, steps=1000)
@@ -52,9 +44,8 @@ def main():
     tok = load_tokenizer(config, trainer)
     r = trainer.image_size()
     rng = np.random.RandomState(0)
-    lo = -1.0 if config.model == "var" else 0.0
     batch = parallel.global_batch({
-        "image": rng.uniform(lo, 1.0, (args.batch, r, r, 3)).astype(np.float32),
+        "image": rng.uniform(*trainer.tokenizer.VALUE_RANGE, (args.batch, r, r, 3)).astype(np.float32),
         "label": (np.arange(args.batch) % gen.num_classes).astype(np.int32)}, mesh)
     step_fn = trainer.step_fn(trainer.schedules.stage(trainer.schedules.max_it - 1)[0])
     prog_wp = jnp.float32(1.0)

@@ -14,11 +14,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from bigvar import configs
-from bigvar.params import init_params, param_shapes
+from bigvar import models
+from bigvar.models import init_params, param_shapes
+from bigvar.models.var import PATCH_NUMS_256, PATCH_NUMS_512, config_section as var_section
 from bigvar.sampling.var import SamplingSettings, sample
+from bigvar.tokenizers import msvq
 
 
 def main():
@@ -33,10 +36,12 @@ def main():
     args = p.parse_args()
 
     shared = args.depth == 36
-    config = configs.var_config(args.depth, shared_aln=shared,
-                                patch_nums=configs.PATCH_NUMS_512 if shared else configs.PATCH_NUMS_256)
+    config = ml_collections.ConfigDict(dict(
+        model="var", vae=msvq.config_section(),
+        var=var_section(args.depth, shared_aln=shared,
+                        patch_nums=PATCH_NUMS_512 if shared else PATCH_NUMS_256)))
     config.var.dtype, config.var.attn_impl = args.dtype, args.attn_impl
-    var, vae = configs.build_var(config), configs.build_vae(config)
+    var, vae = models.build(config)
     settings = SamplingSettings(cfg=args.cfg, top_k=900, top_p=0.96)
     fn = jax.jit(functools.partial(sample, var, vae, settings))
     labels = jnp.arange(args.batch, dtype=jnp.int32) % 1000

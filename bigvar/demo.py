@@ -26,16 +26,19 @@ import time
 import ml_collections
 import numpy as np
 
-from bigvar import checkpoint, configs
-from bigvar.utils import atomic_write
+from bigvar import config_lib, weights
+from bigvar.models import TOKENIZER_SECTIONS
+from bigvar.rundir import atomic_write
 
 STATE_FILE = "demo_state.json"
 
 
-# ---- the configs -------------------------------------------------------------------------------
-def demo_config(generator: str, quick: bool = False) -> ml_collections.ConfigDict:
-    """The demo job for `generator` ('var' or 'bigr'); `quick` cuts every stage to a few steps
-    (a smoke run of the whole pipeline, for tests)."""
+# ---- the config --------------------------------------------------------------------------------
+def demo_config(tokenizer: ml_collections.ConfigDict, generator: ml_collections.ConfigDict,
+                quick: bool = False) -> ml_collections.ConfigDict:
+    """The demo job: train `tokenizer` then `generator` (training configs on the procedural
+    data; `configs/demo.py` builds them from the tiny configs), then judge. `quick` cuts every
+    stage to a few steps (a smoke run of the whole pipeline, for tests)."""
     from bigvar.eval.shape_classifier import classifier_config
     config = ml_collections.ConfigDict()
     config.model = "demo"
@@ -44,12 +47,7 @@ def demo_config(generator: str, quick: bool = False) -> ml_collections.ConfigDic
     config.samples_per_class = 10  # generated images per class, judged and shown in the grid
     config.heldout_images = 256  # real images for the tokenizer's held-out PSNR
     config.classifier = classifier_config(steps=300)
-    if generator == "var":
-        config.tokenizer, config.generator = _var_pair()
-    elif generator == "bigr":
-        config.tokenizer, config.generator = _bigr_pair()
-    else:
-        raise ValueError(f"demo generator {generator!r}: expected 'var' or 'bigr'")
+    config.tokenizer, config.generator = tokenizer, generator
     if quick:
         for section in (config.tokenizer.train, config.generator.train):
             section.update(steps=4, log_every=2, checkpoint_every=2, sample_every=0)
@@ -57,63 +55,6 @@ def demo_config(generator: str, quick: bool = False) -> ml_collections.ConfigDic
         config.samples_per_class = 2
         config.heldout_images = 16
     return config
-
-
-def _procedural(data: ml_collections.ConfigDict) -> None:
-    data.update(source="procedural", num_classes=10, hflip=False)
-
-
-def _var_pair():
-    from bigvar.configs import var_config, var_model_config, vqvae_train_config
-    patch_nums = (1, 2, 3, 4, 6, 8)  # 32 px with the 4× VQ-VAE below
-    tok = vqvae_train_config(ch=32, vocab_size=256, patch_nums=patch_nums)
-    tok.vae.update(ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16)
-    tok.loss.update(l1=1.0, l2=1.0, lpips=0.0, gan=0.0, dead_code_every=50)
-    tok.train.update(batch_size=32, steps=400, lr=2e-3, schedule="cos", b1=0.5, b2=0.9,
-                     ema_decay=0.0, log_every=50, checkpoint_every=100, sample_every=200,
-                     sample_images=16)
-    _procedural(tok.data)
-
-    gen = var_config(16)
-    gen.var = var_model_config(3, embed_dim=128, num_heads=4, num_classes=10, patch_nums=patch_nums)
-    gen.var.scan_unroll = gen.var.depth  # tiny: unrolled layers train ~20% faster on a CPU
-    gen.vae = tok.vae.copy_and_resolve_references()
-    del gen.vae["patch_nums"]
-    gen.train.update(batch_size=32, steps=800, lr=2e-3, tblr=0.0, schedule="lin0",
-                     warmup_epochs=0.0, wpe=0.1, twd=0.05, twde=0.05, log_every=50,
-                     checkpoint_every=250, sample_every=500, sample_images=20)
-    _procedural(gen.data)
-    gen.sample.update(classes=(), images_per_class=10, batch_size=50, cfg=3.0, top_k=20,
-                      top_p=0.9, grid_cols=10, save_pngs=False)
-    return tok, gen
-
-
-def _bigr_pair():
-    from bigvar.configs import bae_train_config, bigr_config
-    tok = bae_train_config(binary_size=16, img_size=32)
-    tok.bae.update(nf=32, emb_dim=32, ch_mult=(1, 2, 2), res_blocks=1, attn_resolutions=(8,))
-    tok.loss.update(l1=1.0, l2=1.0, lpips=0.0, gan=0.0)
-    tok.train.update(batch_size=32, steps=300, lr=2e-3, schedule="cos", b1=0.5, b2=0.9,
-                     ema_decay=0.0, log_every=50, checkpoint_every=100, sample_every=150,
-                     sample_images=16)
-    _procedural(tok.data)
-    tok.data.transform = "bld"
-
-    gen = bigr_config("L", binary_size=16)
-    gen.bae = tok.bae.copy_and_resolve_references()
-    # Width 96, not 128: the FFN width rounds up to a multiple of 256 (256 here, 512 at 128), so
-    # a step costs ~55% as much, and 1750 steps of it beat 1500 of width 128 (88% vs 87% class
-    # agreement; 11.5 vs 17.7 min for the whole demo).
-    gen.bigr.update(num_classes=10, dim=96, n_layer=4, n_head=4, seq_len=64, denoise_hidden=128,
-                    num_block_mlp=2, dropout=0.0, scan_unroll=4)
-    gen.train.update(batch_size=32, steps=1750, lr=2e-3, schedule="constant", twd=0.02, twde=0.02,
-                     clip=1.0, ema_decay=0.99, log_every=50, checkpoint_every=250,
-                     sample_every=500, sample_images=20)
-    _procedural(gen.data)
-    gen.data.transform = "adm"
-    gen.sample.update(classes=(), images_per_class=10, batch_size=50, num_iter=8, cfg=3.0,
-                      gumbel=0.0, transcoder_steps=25, grid_cols=10, save_pngs=False)
-    return tok, gen
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -143,7 +84,7 @@ def _redo_if_changed(state: dict, key: str, value, directory: str, what: str) ->
 
 def _export_step(export_dir: str) -> int | None:
     try:
-        return int(checkpoint.load_config(export_dir)["source"]["step"])
+        return int(weights.load_config(export_dir)["source"]["step"])
     except (FileNotFoundError, KeyError):
         return None
 
@@ -170,8 +111,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tok_cfg, gen_cfg = _unlocked(config.tokenizer), _unlocked(config.generator)
     tok_cfg.mode = "train"
     gen_model = gen_cfg.model
-    section = configs.TOKENIZERS[tok_cfg.model]
-    for field in configs.ARCH_FIELDS[gen_model][section]:  # the generator loads this tokenizer
+    section = TOKENIZER_SECTIONS[tok_cfg.model]
+    for field in weights.ARCH_FIELDS[section]:  # the generator loads this tokenizer
         gen_cfg[section][field] = tok_cfg[section][field]
     times = {}
 
@@ -204,7 +145,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 3. the judge
     _stage(3, "judge: a small classifier of the procedural classes")
     t = time.time()
-    image_size = configs.image_size(gen_cfg)
+    image_size = config_lib.image_size(gen_cfg)
     num_classes = gen_cfg.data.num_classes
     judge, judge_accuracy = shape_classifier.train_or_load(
         config.classifier, num_classes=num_classes, image_size=image_size,
@@ -246,7 +187,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.make_mesh(tok_cfg.mesh)
     recon = tok_lib.Reconstructor(tok_cfg, mesh)
     heldout, _ = tok_lib.heldout_images(tok_cfg, config.heldout_images)
-    tok_params = checkpoint.load_weights(tok_export)[section]
+    tok_params = weights.load_weights(tok_export)[section]
     psnr = recon.psnr(tok_params, heldout)
     recon_grid = os.path.join(workdir, "reconstructions.png")
     save_png(recon_grid, recon.grid(tok_params, heldout[:20], cols=10))

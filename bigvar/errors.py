@@ -11,3 +11,9 @@ class UserError(ValueError):
 
 class MissingFile(UserError, FileNotFoundError):
     """A path the user gave (or a step they skipped) does not exist."""
+
+
+def invalid(field: str, value, expected: str):
+    """Raises the error for a bad config value: `config.<field> = <value> is invalid: expected …`.
+    `field` is the dotted path under `config` (e.g. "sample.cfg") so the message names the flag."""
+    raise UserError(f"config.{field} = {value!r} is invalid: expected {expected}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bigvar.utils import atomic_write
+from bigvar.rundir import atomic_write
 
 
 def make_grid(images: np.ndarray, cols: int, pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -25,11 +25,3 @@ def save_png(path: str, image: np.ndarray) -> None:
     with atomic_write(path) as tmp:
         Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
 
-
-def load_image(path: str, size: int) -> np.ndarray:
-    """Reads an image as uint8 RGB, centre-cropped to a square and resized to `size` (Lanczos)."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    s = min(w, h)
-    img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    return np.asarray(img.resize((size, size), Image.LANCZOS), np.uint8)

@@ -22,7 +22,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigvar.errors import UserError
+from bigvar.errors import UserError, invalid
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                           lock_config=True)
@@ -33,13 +33,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str):
-    from bigvar import configs, rundir
+    """Runs the job `config` names; each job validates its config first."""
+    from bigvar import config_lib, rundir
     workdir = rundir.prepare(workdir)
     if config.get("model") == "demo":
         from bigvar import demo
         return demo.run(config, workdir)
-    configs.validate(config)
-    if config.model in configs.TOKENIZERS:
+    if config.mode not in config_lib.MODES:
+        invalid("mode", config.mode, f"one of {config_lib.MODES}")
+    if config.model in config_lib.TOKENIZERS:
         from bigvar.train import tokenizer
         if config.mode == "train":
             return tokenizer.run(config, workdir)

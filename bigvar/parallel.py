@@ -14,6 +14,31 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
+# Logical axis → mesh axes (MaxText style), the default `config.axis_rules`. Params are sharded
+# FSDP over `fsdp` on their `embed` axis and tensor-parallel over `tensor` on the wide axes;
+# batches over data × fsdp. A mesh axis that does not divide a dimension is dropped for that
+# parameter (replicated).
+DEFAULT_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("qkv", "tensor"),
+    ("heads", "tensor"),
+    ("adaln", "tensor"),
+    ("vocab", "tensor"),
+    ("embed_out", None),
+    ("mlp_out", None),
+    ("classes", None),
+    ("seq", None),
+    ("layers", None),
+    # activations
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+)
+
 
 def mesh_shape(spec: dict, num_devices: int) -> tuple[int, ...]:
     sizes = [int(spec.get(a, 1)) for a in MESH_AXES]

@@ -12,6 +12,7 @@ treat temporaries as an estimate (parameter and optimizer bytes are exact).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -33,11 +34,7 @@ def _per_device_bytes(tree) -> int:
     import jax
     total = 0
     for leaf in jax.tree_util.tree_leaves(tree):
-        shape = leaf.sharding.shard_shape(leaf.shape)
-        n = 1
-        for d in shape:
-            n *= d
-        total += n * leaf.dtype.itemsize
+        total += math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
     return total
 
 
@@ -46,10 +43,10 @@ def plan(config, num_devices: int, global_batch: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from bigvar import configs, parallel
+    from bigvar import config_lib, parallel
     from bigvar.train.generator import Trainer
 
-    configs.validate(config)
+    config_lib.validate(config)
     if len(jax.devices()) < num_devices:
         raise RuntimeError(f"{len(jax.devices())} devices visible, {num_devices} asked: run "
                            "`python -m bigvar.plan` as its own process (it fakes the devices)")

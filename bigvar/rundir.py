@@ -30,7 +30,6 @@ import jax
 import ml_collections
 
 from bigvar.errors import UserError
-from bigvar.utils import atomic_write
 
 LOCK_FILE = "run.lock"
 CONFIG_FILE = "config.json"
@@ -50,6 +49,23 @@ RESUMABLE_FIELDS = (
     "*.attn_impl", "*.remat", "*.remat_policy", "*.scan_unroll",
     "allow_random_init",
 )
+
+
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[str]:
+    """Yields a temporary path next to `path` (same extension) that is renamed to `path` when the
+    block succeeds: readers see the old file or the complete new one, never a truncated one
+    (a crash or a full disk leaves only a hidden temporary, removed here when possible).
+    Temporaries are unique per process and thread, so concurrent writers cannot interleave."""
+    directory, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(directory, f".{stem}.tmp-{os.getpid()}-{threading.get_ident()}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 class RunDirectoryLocked(UserError):

@@ -1,8 +1,9 @@
-"""Model-weight directories: `params/` (an orbax PyTree checkpoint) and `config.json`.
+"""Model-weight directories: `params/` (an orbax PyTree checkpoint) and `config.json` (the model
+sections they were made with, checked against a job's config by `check_architecture`).
 
-Written by `bigvar.convert` (and later by export), read by `--config.init_from=DIR`. Writes go to
-a temporary sibling directory that is renamed into place at the end, so a failure never leaves a
-half-written DIR behind.
+Written by `bigvar.convert` and by `mode=export`, read by `--config.init_from=DIR` (and
+`tokenizer_from`). Writes go to a temporary sibling directory that is renamed into place at the
+end, so a failure never leaves a half-written DIR behind.
 """
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigvar.errors import MissingFile
+from bigvar.errors import MissingFile, UserError
 
 PARAMS = "params"
 CONFIG = "config.json"
+
+ARCH_FIELDS = {  # per model config section: the fields that must match the stored weights
+    "var": ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "shared_aln",
+            "attn_l2_norm", "patch_nums", "norm_eps"),
+    "vae": ("vocab_size", "z_channels", "ch", "ch_mult", "num_res_blocks", "quant_resi",
+            "share_quant_resi"),
+    "bigr": ("binary_size", "num_classes", "dim", "n_layer", "n_head", "seq_len",
+             "denoise_hidden", "num_block_mlp"),
+    "bae": ("codebook_size", "nf", "emb_dim", "ch_mult", "res_blocks", "attn_resolutions",
+            "img_size", "norm_first"),
+}
 
 
 @contextlib.contextmanager
@@ -59,6 +71,27 @@ def load_config(weights_dir: str) -> dict:
                                 "by `python -m bigvar.convert` (it holds params/ and config.json)")
     with open(path) as f:
         return json.load(f)
+
+
+def check_architecture(config, stored: dict, source: str, sections=None, skip=()) -> None:
+    """The config's model sections (those it has, or `sections`) must describe the weights whose
+    `config.json` is `stored` (`source` names them); fields in `skip` may differ (e.g.
+    num_classes when fine-tuning)."""
+    diffs = []
+    for section in sections or [s for s in ARCH_FIELDS if s in config]:
+        for field in (f for f in ARCH_FIELDS[section] if f not in skip):
+            want, have = config[section][field], stored.get(section, {}).get(field)
+            if isinstance(want, (list, tuple)):
+                want, have = tuple(want), tuple(have or ())
+            if want != have:
+                diffs.append(f"{section}.{field}: config has {want!r}, checkpoint has {have!r}")
+    if diffs:
+        raise UserError(
+            f"{source} holds a different model than the config:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse the config file that matches the checkpoint (e.g. configs/var_d30.py for "
+              "var_d30.pth, configs/bigr_xl_d24.py for bigr_XL_d24.pt), or override the fields "
+              "with --config.<section>.<field>=...")
 
 
 def load_weights(weights_dir: str, target: Any | None = None, partial: bool = False) -> Any:

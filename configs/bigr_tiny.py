@@ -4,13 +4,13 @@
 
 Random weights unless `--config.init_from` is set: for tests and smoke runs, not for pictures.
 """
-from bigvar.configs import bigr_config
+from bigvar import config_lib
 
 
 def get_config(arg=None):
     if arg:
         raise ValueError(f"configs/bigr_tiny.py takes no argument; got {arg!r}")
-    config = bigr_config("L", binary_size=24)
+    config = config_lib.sibling(__file__, "bigr.py", "l_d24")
     config.bigr.update(num_classes=10, dim=128, n_layer=2, n_head=2, denoise_hidden=128, num_block_mlp=2)
     config.bae.update(nf=32, emb_dim=32)
     config.allow_random_init = True

@@ -1,16 +1,11 @@
-"""BiGR-XL-d24 (799M), K = 24 bits, 256 px, class-conditional ImageNet.
-
-Convert the official weights once, then sample:
+"""BiGR-XL-d24 (799M), K = 24 bits, 256 px, class-conditional ImageNet: `configs/bigr.py:xl_d24`.
 
   python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_XL_d24.pt --out=ckpt/bigr_xl_d24
   python -m bigvar.main --config=configs/bigr_xl_d24.py --workdir=out/bigr_xl_d24 \
       --config.init_from=ckpt/bigr_xl_d24
 
-Defaults are the official sampling script's (cfg 3.0, 20 iterations, Gumbel 0.01, 100 transcoder
-steps). Argument `paper`: the paper's Table 7 settings; `fid`: 50 images for each class.
+Argument: `paper` (the paper's Table 7 settings) or `fid` (50 images for each class).
 """
-from bigvar.configs import bigr_config
+from bigvar import config_lib
 
-
-def get_config(arg=None):
-    return bigr_config("XL", binary_size=24, arg=arg)
+get_config = config_lib.alias(__file__, "bigr.py", "xl_d24")

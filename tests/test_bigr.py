@@ -3,17 +3,20 @@ tests/fixtures/make_bigr_fixtures.py: haoosz/BiGR with small random weights), th
 invariants, the zero-shot apps and the converter's errors."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigvar import configs, parallel
+from bigvar import config_lib, models, parallel
 from bigvar.convert import __main__ as convert_cli
 from bigvar.convert import bigr as convert_bigr
 from bigvar.convert import torch_pickle
 from bigvar.convert.common import ConversionError
+from bigvar.errors import UserError
+from bigvar.models import bigr_schedules
 from bigvar.models.bigr import BiGR, features
 from bigvar.sampling import bigr as sb
 from bigvar.tokenizers.bae import BinaryAutoEncoder
@@ -62,7 +65,7 @@ def test_detected_architecture(converted):
 
 def test_binary_autoencoder(converted):
     _, config, params, fx, _, _ = converted
-    bae = configs.build_bae(config)
+    bae = models.build_tokenizer(config)
     probs = bae.apply(params["bae"], jnp.asarray(nhwc(fx["img"])), method=BinaryAutoEncoder.encode_probs)
     assert_close(probs, nhwc(fx["probs"]), 1e-5)
     decided = np.abs(nhwc(fx["logits"])) > 1e-4  # a few logits sit within fp32 noise of 0
@@ -78,7 +81,7 @@ def test_binary_autoencoder(converted):
 
 def test_transformer_condition_features_and_flip_logits(converted):
     _, config, params, _, fx, _ = converted
-    model = configs.build_bigr(config)
+    model = models.build(config)[0]
     p = params["bigr"]
     tokens, mask, labels = jnp.asarray(fx["tokens"]), jnp.asarray(fx["mask"]), jnp.asarray(fx["labels"])
     assert_close(model.apply(p, tokens, mask, labels, method=BiGR.condition), fx["z"], 1e-5, 1e-4)
@@ -97,10 +100,10 @@ def test_transcoder_sampling_replays_the_official_trace(converted, prefix, steps
     """Given the official Bernoulli draws, every posterior the transcoder computes equals the
     official one, and so does the returned p0 (CFG 2.5 in logit space, temperature 1)."""
     _, config, params, _, _, tr = converted
-    model = configs.build_bigr(config)
+    model = models.build(config)[0]
     cond = jnp.asarray(tr[f"{prefix}_cond"])
     m = cond.shape[0] // 2
-    plan = sb.transcoder_plan(256, steps)
+    plan = bigr_schedules.transcoder_plan(256, steps)
     np.testing.assert_array_equal(plan.t_index + 1, tr[f"{prefix}_steps"])
     x = jnp.asarray(tr[f"{prefix}_bits_0"])
     for j in range(steps):
@@ -127,14 +130,14 @@ def test_schedules_equal_the_official_ones():
         (1024, 20): [4, 9, 16, 22, 27, 34, 39, 45, 50, 54, 59, 64, 66, 71, 73, 75, 77, 79, 80, 80],
     }
     for (n, i), table in spec_tables.items():
-        counts = sb.reveal_counts(n, i)
+        counts = bigr_schedules.reveal_counts(n, i)
         assert counts.tolist() == table == fx[f"reveal_N{n}_I{i}"].tolist()
         assert counts.sum() == n
     for m, i in ((64, 20), (192, 25)):
-        counts = sb.reveal_counts(m, i, "linear")
+        counts = bigr_schedules.reveal_counts(m, i, "linear")
         np.testing.assert_array_equal(counts, fx[f"inpaint_linear_M{m}_I{i}"])
         assert counts.sum() == m
-    sched = sb.diffusion_schedule(256)
+    sched = bigr_schedules.diffusion_schedule(256)
     for name in ("k_final", "b_final", "beta", "cumbeta"):
         np.testing.assert_allclose(sched[name], fx[name], rtol=1e-6, atol=1e-7, err_msg=name)
 
@@ -148,8 +151,8 @@ def tiny():
     config = module.get_config()
     config.bae.update(img_size=64, ch_mult=(1, 2, 2))  # 16×16 tokens from 64-px images: fast
     config.bae.attn_resolutions = (16,)
-    from bigvar.params import init_params
-    model, bae = configs.build_bigr(config), configs.build_bae(config)
+    from bigvar.models import init_params
+    model, bae = models.build(config)
     params, bae_params = init_params(model, bae, 0)
     # Random weights away from the zero-ish init so that probabilities are informative.
     params = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), params)
@@ -187,7 +190,7 @@ def test_transcoding_only_hidden_tokens_changes_nothing(tiny):
     labels = jnp.asarray([1, 4])
     cond = model.apply(params, labels, method=BiGR.class_embedding)
     null = model.apply(params, jnp.asarray([10]), method=BiGR.class_embedding)[0]
-    counts = np.tile(sb.reveal_counts(256, 6), (2, 1))
+    counts = np.tile(bigr_schedules.reveal_counts(256, 6), (2, 1))
     segments = sb.hidden_token_segments(counts, 256, None)
     # hidden before each step: 256, 247, 221, 181, 128, 66 → segments start at steps 0, 2, 3, 4
     assert segments == ((2, 256), (1, 224), (1, 184), (2, 128))
@@ -245,6 +248,13 @@ def test_interpolation_and_features(tiny):
     assert out.images.shape == (3, 64, 64, 3)
     pure = sampler.generate([2], seed=0)  # r = 0 is class 2 alone, same noise (index 0)
     np.testing.assert_array_equal(out.tokens[0], pure.tokens[0])
+    # New weights reach the compiled sampler, the null-class (guidance) embedding included.
+    _, _, params, bae_params = tiny
+    other_null = jax.tree_util.tree_map_with_path(
+        lambda path, a: a.at[-1].add(1.0) if "cls_embedding" in jax.tree_util.keystr(path) else a, params)
+    sampler.set_params(other_null, bae_params)
+    assert not np.array_equal(sampler.generate([2], seed=0).tokens, pure.tokens)
+    sampler.set_params(params, bae_params)
     images = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     feats = sampler.features(images, layer_index=1)
     assert feats.shape == (3, 128) and np.isfinite(feats).all()
@@ -256,8 +266,29 @@ def test_mismatched_tokenizer_and_bad_labels_are_clear_errors(tiny):
         sb.BiGRSampler(model, bae.clone(codebook_size=32), params, bae_params)
     with pytest.raises(ValueError, match=r"class ids must be in \[0, 10\) or 10"):
         sampler_for(tiny).generate([11])
-    with pytest.raises(ValueError, match="cfg_schedule must be one of"):
+    with pytest.raises(ValueError, match=r"config\.sample\.cfg_schedule = 'cosine' is invalid: "
+                                         r"expected 'constant' or 'linear'"):
         sb.BiGRSamplingSettings(cfg_schedule="cosine")
+
+
+def test_settings_come_from_the_config_and_name_a_bad_field():
+    sample = config_lib.load_config_file("bigr.py", "l_d24").sample
+    settings = sb.BiGRSamplingSettings.from_config(sample)
+    assert settings == sb.BiGRSamplingSettings(
+        num_iter=sample.num_iter, cfg=sample.cfg, cfg_schedule=sample.cfg_schedule, gumbel=sample.gumbel,
+        gumbel_schedule=sample.gumbel_schedule, temperature=sample.temperature,
+        diffusion_steps=sample.diffusion_steps, transcoder_steps=sample.transcoder_steps)
+    for field, bad, expected in (("num_iter", 0, "≥ 1"),
+                                 ("cfg_schedule", "cosine", "'constant' or 'linear'"),
+                                 ("gumbel_schedule", "cosine", "'constant', 'down' or 'up'"),
+                                 ("gumbel", -0.1, "≥ 0 (0 disables the confidence noise)"),
+                                 ("temperature", 0.0, "> 0"),
+                                 ("transcoder_steps", 257, "in [1, 256]")):
+        wrong = sample.copy_and_resolve_references()
+        wrong[field] = bad
+        with pytest.raises(UserError, match=re.escape(f"config.sample.{field} = {bad!r} is invalid: "
+                                                      f"expected {expected}.")):
+            sb.BiGRSamplingSettings.from_config(wrong)
 
 
 def test_converter_cli_and_wrong_files(tmp_path, capsys):

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from bigvar import configs
+from bigvar import config_lib, weights
+from bigvar.models.var import PATCH_NUMS_256, PATCH_NUMS_512
 from bigvar.convert import __main__ as convert_cli
 from bigvar.convert import torch_pickle
 from bigvar.convert import var as convert_var
@@ -29,15 +30,15 @@ def test_cli_converts_and_main_samples_from_it(tmp_path):
     assert convert_cli.main(["var", f"--vae={VAE_PTH}", f"--var={VAR_PTH}", f"--out={out}"]) == 0
     stored = json.loads((out / "config.json").read_text())
     assert stored["var"]["depth"] == 2 and stored["var"]["num_classes"] == 1000
-    assert tuple(stored["var"]["patch_nums"]) == configs.PATCH_NUMS_256
+    assert tuple(stored["var"]["patch_nums"]) == PATCH_NUMS_256
     assert stored["vae"]["ch"] == 32 and stored["vae"]["vocab_size"] == 256
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
 
     # Sampling with --config.init_from=DIR: the config must describe the same model.
     from bigvar import main
-    config = configs.var_config(16)
+    config = config_lib.load_config_file("var.py", "d16")
     for section in ("var", "vae"):
-        config[section].update({k: stored[section][k] for k in configs.ARCH_FIELDS["var"][section]})
+        config[section].update({k: stored[section][k] for k in weights.ARCH_FIELDS[section]})
     config.var.patch_nums = tuple(config.var.patch_nums)
     config.vae.ch_mult = tuple(config.vae.ch_mult)
     config.init_from = str(out)
@@ -63,9 +64,9 @@ def test_training_checkpoint_gives_the_same_params(state_dicts):
 
 
 def test_detects_every_variant():
-    cases = {"d2_256": (2, 128, 2, False, True, 1000, configs.PATCH_NUMS_256),
-             "d3_512_saln": (3, 192, 3, True, True, 10, configs.PATCH_NUMS_512),
-             "d2_256_nol2": (2, 128, 2, False, False, 10, configs.PATCH_NUMS_256)}
+    cases = {"d2_256": (2, 128, 2, False, True, 1000, PATCH_NUMS_256),
+             "d3_512_saln": (3, 192, 3, True, True, 10, PATCH_NUMS_512),
+             "d2_256_nol2": (2, 128, 2, False, False, 10, PATCH_NUMS_256)}
     for name, want in cases.items():
         sd = torch_pickle.load(os.path.join(VAR_FIXTURES, f"var_{name}.pth"))
         arch = convert_var.detect_var(sd, name)
@@ -116,7 +117,7 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(state_dicts):
 
 def test_config_mismatch_is_named(state_dicts):
     var_sd, vae_sd = state_dicts
-    tiny = configs.var_config(16)  # a d16 config for a d2 file
+    tiny = config_lib.load_config_file("var.py", "d16")  # a d16 config for a d2 file
     with pytest.raises(ValueError, match=r"var.depth: config has 16, checkpoint has 2"):
         convert_var.convert_state_dicts(var_sd, vae_sd, expected_config=tiny)
 

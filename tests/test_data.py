@@ -20,7 +20,7 @@ from bigvar.data import pipeline, procedural, sources, transforms, write_array_r
 
 
 def _cfg(**kw):
-    cfg = data.default_data_config()
+    cfg = data.data_section()
     cfg.update(kw)
     return cfg
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bigvar import configs, data
+from bigvar import data
 from bigvar.data import sources, transforms
 
 
@@ -107,14 +107,14 @@ def test_folder_scan_with_only_unreadable_entries_says_so(tmp_path):
 
 def test_config_defaults_match_try_decode_defaults():
     params = inspect.signature(transforms.try_decode).parameters
-    section = configs.data_section()
+    section = data.data_section()
     assert section.max_aspect_ratio == params["max_aspect_ratio"].default == 10.0
     assert section.max_pixels == params["max_pixels"].default
     with pytest.raises(ValueError, match="max_aspect_ratio"):
-        data.make_train_iterator(configs.data_section(max_aspect_ratio=0.5), image_size=8,
+        data.make_train_iterator(data.data_section(max_aspect_ratio=0.5), image_size=8,
                                  global_batch=2, seed=0)
     with pytest.raises(ValueError, match="max_pixels"):
-        data.make_train_iterator(configs.data_section(max_pixels=-1), image_size=8,
+        data.make_train_iterator(data.data_section(max_pixels=-1), image_size=8,
                                  global_batch=2, seed=0)
 
 
@@ -161,7 +161,7 @@ def test_pipeline_skips_extreme_images_with_the_configured_limits(tmp_path, capl
         (root / "a" / f"ok{i}.png").write_bytes(_png(Image.fromarray(_noise(20, 30, seed=i))))
     (root / "a" / "wide.png").write_bytes(_png(Image.new("RGB", (2000, 1), (9, 9, 9))))
     kw = dict(image_size=8, global_batch=4, seed=0)
-    cfg = configs.data_section(source="folder", path=str(root), num_classes=1, prefetch=0)
+    cfg = data.data_section(source="folder", path=str(root), num_classes=1, prefetch=0)
     with caplog.at_level(logging.WARNING):
         it = data.make_train_iterator(cfg, **kw)
         batches = [next(it) for _ in range(3)]  # 12 readable of 5 records: wide.png met ≥ 2×

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bigvar import configs, main
+from bigvar import config_lib, main, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,24 +63,24 @@ def test_released_configs_are_valid_and_match_the_spec():
         spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", f"var_d{depth}.py"))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        config = configs.validate(module.get_config())
+        config = config_lib.validate(module.get_config())
         v = config.var
         assert (v.embed_dim, v.num_heads) == (64 * depth, depth)
         assert v.shared_aln == (depth == 36)
-        assert configs.image_size(config) == (512 if depth == 36 else 256)
+        assert config_lib.image_size(config) == (512 if depth == 36 else 256)
         assert (config.sample.cfg, config.sample.top_k, config.sample.top_p) == (1.5, 900, 0.96)
-        fid = configs.validate(module.get_config("fid"))
+        fid = config_lib.validate(module.get_config("fid"))
         assert fid.sample.images_per_class == 50 and tuple(fid.sample.classes) == ()
         sizes[depth] = v
     # Parameter counts of the official models (VAR_SPEC §2.1), from the model's own shapes.
     import jax
-    from bigvar.params import param_shapes
+    from bigvar.models import param_shapes
     for depth, want in ((16, 310_283_520), (36, 2_353_893_904)):
         spec = importlib.util.spec_from_file_location("c", os.path.join(ROOT, "configs", f"var_d{depth}.py"))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         config = module.get_config()
-        shapes = param_shapes(configs.build_var(config), configs.build_vae(config))
+        shapes = param_shapes(*models.build(config))
         assert sum(x.size for x in jax.tree_util.tree_leaves(shapes[0])) == want
         if depth == 16:
             assert sum(x.size for x in jax.tree_util.tree_leaves(shapes[1])) == 108_948_355

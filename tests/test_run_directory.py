@@ -17,7 +17,7 @@ import pytest
 from bigvar import main, rundir
 from bigvar.errors import UserError
 from bigvar.train.checkpoints import Checkpoints, CheckpointsUnrestorable
-from bigvar.utils import atomic_write
+from bigvar.rundir import atomic_write
 from conftest import ROOT
 from test_trainer import tiny_config as tiny_train_config
 

@@ -1,14 +1,18 @@
 """VAR sampler: the cached loop equals the teacher-forced forward, filtering and editing masks
 equal the official ones, and sampling is reproducible per sample (batch size, sharding)."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigvar import configs, parallel
+from bigvar import config_lib, models, parallel
+from bigvar.models.var import PATCH_NUMS_256, PATCH_NUMS_512, config_section as var_section
+from bigvar.tokenizers.msvq import config_section as vae_section
 from bigvar.convert import var as convert_var
+from bigvar.errors import UserError
 from bigvar.sampling.edit import box_mask, scale_keep_masks
 from bigvar.sampling.var import EditGuide, SamplingSettings, VARSampler, filter_top_k_top_p, sample
 
@@ -29,7 +33,7 @@ def test_cached_sampler_logits_equal_teacher_forced(converted):
     """Feeding the ground-truth tokens through the KV-cached loop (an all-keep edit guide) gives
     the official teacher-forced logits, scale by scale."""
     config, params, fx = converted
-    var, vae = configs.build_var(config), configs.build_vae(config)
+    var, vae = models.build(config)
     labels, gt = jnp.asarray(fx["labels"]), jnp.asarray(fx["gt_idx"])
     gt_list = [gt[:, a:b] for a, b in vae.spec.begin_ends]
     guide = EditGuide(gt_list, [jnp.ones(g.shape, bool) for g in gt_list])
@@ -52,7 +56,7 @@ def test_top_k_top_p_equal_official(k, p):
 
 def test_edit_scale_masks_equal_official():
     fx = np.load(os.path.join(VAR_FIXTURES, "edit_masks.npz"))
-    for grid, pns in ((16, configs.PATCH_NUMS_256), (32, configs.PATCH_NUMS_512)):
+    for grid, pns in ((16, PATCH_NUMS_256), (32, PATCH_NUMS_512)):
         for j in range(4):  # j = 3 is the notebook's default box (exact 0.5 ties at 32 → 24)
             masks = scale_keep_masks(fx[f"mask_{grid}_{j}"], pns, batch=2)
             for pn, m in zip(pns, masks):
@@ -69,13 +73,13 @@ def test_box_mask_follows_official_rounding():
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = configs.var_config(16)
-    config.var = configs.var_model_config(2, embed_dim=64, num_heads=2, num_classes=10,
+    config = config_lib.load_config_file("var.py", "d16")
+    config.var = var_section(2, embed_dim=64, num_heads=2, num_classes=10,
                                           patch_nums=(1, 2, 3, 4))
-    config.vae = configs.vae_config(ch=32, vocab_size=64)
+    config.vae = vae_section(ch=32, vocab_size=64)
     config.vae.ch_mult = (1, 2)  # 2× downsampling: 8-px images, fast
-    from bigvar.params import init_params
-    var, vae = configs.build_var(config), configs.build_vae(config)
+    from bigvar.models import init_params
+    var, vae = models.build(config)
     var_params, vae_params = init_params(var, vae, 0)
     # Non-trivial weights: the random init makes every block almost the identity.
     var_params = jax.tree_util.tree_map(
@@ -133,12 +137,26 @@ def test_bad_inputs_are_clear_errors(tiny):
         sampler.generate([-1])
     sampler.generate([10])  # the null class is allowed (unconditional)
     for bad_p in (1.5, -0.1):
-        with pytest.raises(ValueError, match="top_p must be in"):
+        with pytest.raises(ValueError, match=r"config\.sample\.top_p = .* is invalid: expected a value in \(0, 1\]"):
             SamplingSettings(top_p=bad_p)
     with pytest.raises(ValueError, match="takes .* images"):
         sampler.inpaint(np.zeros((1, 16, 16, 3), np.uint8), box=(0, 0, 0.5, 0.5))
     with pytest.raises(ValueError, match="box must be"):
         sampler.inpaint(np.zeros((1, 8, 8, 3), np.uint8), box=(0.5, 0, 0.2, 1))
+
+
+def test_settings_come_from_the_config_and_name_a_bad_field():
+    sample = config_lib.load_config_file("var.py", "d16").sample
+    assert SamplingSettings.from_config(sample) == SamplingSettings(
+        cfg=sample.cfg, top_k=sample.top_k, top_p=sample.top_p, more_smooth=sample.more_smooth)
+    for field, bad, expected in (("cfg", -1.0, "≥ 0 (0 disables guidance)"),
+                                 ("top_k", -1, "≥ 0 (0 disables top-k)"),
+                                 ("top_p", 1.5, "a value in (0, 1], or 0 to disable top-p")):
+        wrong = sample.copy_and_resolve_references()
+        wrong[field] = bad
+        with pytest.raises(UserError, match=re.escape(f"config.sample.{field} = {bad!r} is invalid: "
+                                                      f"expected {expected}.")):
+            SamplingSettings.from_config(wrong)
 
 
 def test_inverse_cdf_sampling_has_the_right_distribution():

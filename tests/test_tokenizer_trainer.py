@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigvar import checkpoint, parallel
+from bigvar import parallel, weights
 from bigvar.tokenizers import discriminator as disc_lib
 from bigvar.train import tokenizer as tok_lib
 
@@ -104,18 +104,17 @@ def test_adaptive_weight_equals_the_two_gradient_definition():
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
 
     def rec_of(p):
-        return trainer._forward(p, batch["image"], rng)[0][0]
+        return trainer.forward(p, batch["image"], rng)[0][0]
 
     def l_rec(p):
-        return trainer._reconstruction_loss(rec_of(p), batch["image"], trainer.frozen)[0]
+        return trainer.reconstruction_loss(rec_of(p), batch["image"], trainer.frozen)[0]
 
     def l_adv(p):
-        logits, _ = trainer._disc_logits(state["disc"], rec_of(p), train=True)
+        logits, _ = trainer.disc_logits(state["disc"], rec_of(p), train=True)
         return disc_lib.generator_adv_loss(logits)
 
-    path = tok_lib.last_layer_path("vqvae", state["params"])
-    g_rec = tok_lib._get(jax.grad(l_rec)(state["params"]), path)
-    g_adv = tok_lib._get(jax.grad(l_adv)(state["params"]), path)
+    g_rec = tok_lib.last_layer("vqvae", jax.grad(l_rec)(state["params"]))
+    g_adv = tok_lib.last_layer("vqvae", jax.grad(l_adv)(state["params"]))
     expected = np.linalg.norm(g_rec) / (np.linalg.norm(g_adv) + 1e-4) * config.loss.gan
     _, metrics = jax.jit(lambda s, b: trainer.train_step(s, b, trainer.frozen, adversarial=True))(
         state, batch)
@@ -132,9 +131,9 @@ def test_dead_codes_are_reseeded_from_the_batch_latents():
     margin = 8 * 16 / vocab * 0.08
     hit_ema = jnp.full((3, vocab), 2 * margin).at[:, :5].set(0.0).at[0, 3].set(margin)  # 3 is alive
     # Step 0: (0 + 1) % 2 != 0 → no restart yet.
-    p0, h0, n0 = trainer._restart_dead_codes(params, hit_ema, latent, jnp.int32(0), jax.random.PRNGKey(1))
+    p0, h0, n0 = trainer.restart_dead_codes(params, hit_ema, latent, jnp.int32(0), jax.random.PRNGKey(1))
     assert int(n0) == 0 and np.array_equal(p0["quantize"]["embedding"], params["quantize"]["embedding"])
-    p1, h1, n1 = trainer._restart_dead_codes(params, hit_ema, latent, jnp.int32(1), jax.random.PRNGKey(1))
+    p1, h1, n1 = trainer.restart_dead_codes(params, hit_ema, latent, jnp.int32(1), jax.random.PRNGKey(1))
     assert int(n1) == 4  # codes 0, 1, 2, 4
     table, old = np.asarray(p1["quantize"]["embedding"]), np.asarray(params["quantize"]["embedding"])
     rows = set(map(tuple, np.asarray(latent).reshape(-1, 16)))
@@ -156,7 +155,7 @@ def test_resumed_run_equals_an_uninterrupted_one_and_exports_for_the_generator(m
     a = tok_lib.export_tokenizer(straight, str(tmp_path / "straight"))
     b = tok_lib.export_tokenizer(straight, str(tmp_path / "resumed"))
     key = "vae" if model == "vqvae" else "bae"
-    wa, wb = checkpoint.load_weights(a)[key], checkpoint.load_weights(b)[key]
+    wa, wb = weights.load_weights(a)[key], weights.load_weights(b)[key]
     for x, y in zip(jax.tree_util.tree_leaves(wa), jax.tree_util.tree_leaves(wb)):
         np.testing.assert_array_equal(x, y)
     lines = [json.loads(l) for l in open(tmp_path / "resumed" / "logs" / "metrics.jsonl")]
@@ -211,7 +210,7 @@ def test_lpips_term_from_a_converted_weights_dir_enters_the_loss(tmp_path):
     state = trainer.init_state(0)
     batch = jax.tree_util.tree_map(jnp.asarray, images(config))
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0)
-    rec = trainer._forward(state["params"], batch["image"], rng)[0][0]
+    rec = trainer.forward(state["params"], batch["image"], rng)[0][0]
     _, metrics = trainer.step(state, batch, 0)
     expected = float(jnp.mean(LPIPS().apply(load_lpips(str(out)), rec * 2 - 1, batch["image"] * 2 - 1)))
     assert expected > 0

@@ -20,7 +20,7 @@ from bigvar.models.bigr import BiGR
 from bigvar.models.var import VAR
 from bigvar.train import losses, optim
 from bigvar.train.init import bigr_official_init, var_official_init
-from bigvar.utils import unbox
+from flax.linen import unbox
 
 TRAIN = os.path.join(FIXTURES, "train")
 

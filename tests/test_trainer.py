@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigvar import checkpoint, parallel
+from bigvar import parallel, weights
 from bigvar.train.checkpoints import Checkpoints
 from bigvar.train.generator import Trainer, load_tokenizer
 
@@ -95,7 +95,7 @@ def test_gradient_accumulation_equals_the_full_batch():
         state = trainer.init_state(0)
         tok = load_tokenizer(config, trainer)
         batch = jax.tree_util.tree_map(jnp.asarray, random_batch(trainer))
-        g, m = jax.jit(lambda p, b: trainer._grads(p, tok, b, jax.random.PRNGKey(0), 3, 1.0))(
+        g, m = jax.jit(lambda p, b: trainer.grads(p, tok, b, jax.random.PRNGKey(0), 3, 1.0))(
             state["params"], batch)
         grads.append((g, m))
     for a, b in zip(jax.tree_util.tree_leaves(grads[0][0]), jax.tree_util.tree_leaves(grads[1][0])):
@@ -221,20 +221,22 @@ def trained_bigr(tmp_path_factory):
 @pytest.mark.slow
 def test_bigr_run_writes_logs_grid_and_exports_the_ema_for_sampling(trained_bigr, tmp_path):
     from bigvar.main import run as main_run
-    from bigvar.train.metric_writer import read_events, read_jsonl
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from bigvar.train.metric_writer import read_jsonl
     config, workdir = trained_bigr
     assert os.path.exists(workdir / "samples" / "samples_00000003.png")
     rows = read_jsonl(str(workdir / "logs"))
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
-    events = read_events(str(workdir / "logs"))
-    assert any("loss" in e["scalars"] for e in events) and any("samples" in e["images"] for e in events)
+    events = EventAccumulator(str(workdir / "logs"))
+    events.Reload()
+    assert "loss" in events.Tags()["scalars"] and "samples" in events.Tags()["images"]
 
     export = config.copy_and_resolve_references()
     export.mode = "export"
     out = main_run(export, str(workdir))["exported"]
     trainer = Trainer(config, parallel.make_mesh({"data": -1}), dataset_size=64)
     _, state, _ = Checkpoints(str(workdir / "checkpoints")).restore_latest(trainer.abstract_state())
-    exported = checkpoint.load_weights(out)
+    exported = weights.load_weights(out)
     for a, b in zip(jax.tree_util.tree_leaves(state["ema"]), jax.tree_util.tree_leaves(exported["bigr"])):
         np.testing.assert_array_equal(np.asarray(a), b)
     assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
@@ -262,7 +264,7 @@ def test_finetune_with_a_new_number_of_classes_keeps_everything_but_the_class_ta
     tuned.data.num_classes = 4
     trainer = Trainer(tuned, parallel.make_mesh({"data": -1}), dataset_size=64)
     params = load_finetune_params(tuned, trainer)
-    stored = checkpoint.load_weights(out)["bigr"]
+    stored = weights.load_weights(out)["bigr"]
     table = params["params"]["cls_embedding"]["embedding_table"]["embedding"]
     assert table.shape == (5, stored["params"]["cls_embedding"]["embedding_table"]["embedding"].shape[1])
     np.testing.assert_array_equal(params["params"]["layers"]["attention"]["wqkv"]["kernel"],
@@ -274,9 +276,9 @@ def test_finetune_with_a_new_number_of_classes_keeps_everything_but_the_class_ta
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path):
-    from bigvar.train import generator
+    from bigvar.train import generator, loop
     config = _config_for_run("var", steps=6, lr=1e12, checkpoint_every=1, clip=0.0)
-    with pytest.raises(generator.NonFiniteLoss, match="non-finite at step") as err:
+    with pytest.raises(loop.NonFiniteLoss, match="non-finite at step") as err:
         generator.run(config, str(tmp_path))
     good = Checkpoints(str(tmp_path / "checkpoints")).steps()
     assert good and max(good) < 6, err.value
@@ -298,6 +300,54 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     steps = Checkpoints(str(tmp_path / "checkpoints")).steps()
     assert len(steps) == 1 and 3 <= steps[0] < 500, (steps, out[-2000:])
+
+
+# One of two `jax.distributed` processes: a resumed run (start 1000) whose processes step at
+# different speeds; it prints the step at which `reached` turned True (or the last one).
+_PREEMPTED_PROCESS = """
+import sys, time
+import jax
+jax.distributed.initialize(f"localhost:{sys.argv[1]}", num_processes=2, process_id=int(sys.argv[2]))
+from bigvar.train.checkpoints import PreemptionFlag
+step = 1000
+flag = PreemptionFlag(step)
+print("ready", flush=True)
+while step < 4000:
+    time.sleep(0.01 * (1 + jax.process_index()))
+    step += 1
+    if flag.reached(step):
+        break
+flag.restore_handlers()
+print(f"stopped at {step}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig,target", [(signal.SIGTERM, 1), (signal.SIGINT, 0)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(sig, target):
+    """Two processes on localhost: SIGTERM (through JAX's preemption sync manager) or SIGINT
+    to one of them makes `PreemptionFlag.reached` True at the same step on both."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", _PREEMPTED_PROCESS, str(port), str(i)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        for proc in procs:
+            while (line := proc.stdout.readline()) and not line.startswith("ready"):
+                pass
+        time.sleep(1)
+        procs[target].send_signal(sig)
+        outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    stops = [[line for line in out.splitlines() if line.startswith("stopped at")] for out in outs]
+    assert stops[0] == stops[1] and len(stops[0]) == 1, outs
+    assert 1000 < int(stops[0][0].split()[-1]) < 4000, stops
 
 
 def test_progressive_training_steps_a_cropped_sequence_with_the_ramped_weight():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigvar import configs
+from bigvar import models
 from bigvar.convert import var as convert_var
 
 from conftest import FIXTURES
@@ -38,8 +38,8 @@ def test_teacher_forced_logits(name, depth, shared_aln, l2, num_classes):
     config, params, fx = load_variant(name)
     v = config.var
     assert (v.depth, v.shared_aln, v.attn_l2_norm, v.num_classes) == (depth, shared_aln, l2, num_classes)
-    model = configs.build_var(config)
-    vae = configs.build_vae(config)
+    model = models.build(config)[0]
+    vae = models.build_tokenizer(config)
 
     gt = [jnp.asarray(fx["gt_idx"][:, a:b]) for a, b in vae.spec.begin_ends]
     x_in = vae.apply(params["vae"], gt, method=type(vae).idx_to_var_input)
@@ -53,7 +53,7 @@ def test_teacher_forced_logits(name, depth, shared_aln, l2, num_classes):
 
 def test_label_dropout_only_in_training():
     config, params, fx = load_variant("d2_256")
-    model = configs.build_var(config)
+    model = models.build(config)[0]
     import jax
     labels, x_in = jnp.asarray(fx["labels"]), jnp.asarray(fx["x_in"])
     eval_logits = model.apply(params["var"], labels, x_in)

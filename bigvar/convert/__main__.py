@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bigvar import checkpoint
+from bigvar import weights
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             config, params = var.convert(args.vae, args.var, patch_nums, expected)
             model_config = {"model": "var", "var": config.var.to_dict(), "vae": config.vae.to_dict(),
                             "source": {"vae": args.vae, "var": args.var}}
-            checkpoint.save_weights(args.out, params, model_config, overwrite=args.overwrite)
+            weights.save_weights(args.out, params, model_config, overwrite=args.overwrite)
             v = config.var
             print(f"converted VAR depth={v.depth} width={v.embed_dim} heads={v.num_heads} "
                   f"classes={v.num_classes} shared_aln={v.shared_aln} attn_l2_norm={v.attn_l2_norm} "
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         elif args.model == "lpips":
             from bigvar.convert import lpips
             model_config, params = lpips.convert(args.vgg, args.lin, args.lpips)
-            checkpoint.save_weights(args.out, {"lpips": params}, model_config, overwrite=args.overwrite)
+            weights.save_weights(args.out, {"lpips": params}, model_config, overwrite=args.overwrite)
             print(f"converted LPIPS-VGG (13 VGG16 convs, lin layers {model_config['lpips']['tap_channels']}) "
                   f"→ {args.out}")
         else:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
             config, params = bigr.convert(args.bae, args.gpt, expected)
             model_config = {"model": "bigr", "bigr": config.bigr.to_dict(), "bae": config.bae.to_dict(),
                             "source": {"bae": args.bae, "gpt": args.gpt}}
-            checkpoint.save_weights(args.out, params, model_config, overwrite=args.overwrite)
+            weights.save_weights(args.out, params, model_config, overwrite=args.overwrite)
             g, b = config.bigr, config.bae
             print(f"converted BiGR dim={g.dim} layers={g.n_layer} heads={g.n_head} K={g.binary_size} "
                   f"tokens={g.seq_len} transcoder={g.num_block_mlp}x{g.denoise_hidden} "

@@ -16,10 +16,12 @@ import re
 import ml_collections
 import numpy as np
 
+from bigvar import models, weights
 from bigvar.convert import torch_pickle
 from bigvar.convert.common import (ConversionError, NameTable, check_against, convert_conv_net,
                                    find_state_dict, flatten, linear, looks_like, same, set_path)
-from bigvar.models.bigr import ffn_hidden_dim
+from bigvar.models.bigr import config_section as bigr_section, ffn_hidden_dim
+from bigvar.tokenizers.bae import config_section as bae_section
 
 BIGR_TABLE = [
     ("mask_tok", "mask_tok", same),
@@ -195,7 +197,8 @@ def convert_bae_state_dict(sd: dict, expected: dict, path: str) -> dict:
 
 # ---- both -----------------------------------------------------------------------------------------
 def config_from_detected(gpt_arch: dict, bae_arch: dict) -> ml_collections.ConfigDict:
-    from bigvar import configs
+    """The model sections (`bigr`, `bae`) of the detected architecture, other fields at their
+    defaults."""
     if gpt_arch["binary_size"] != bae_arch["codebook_size"]:
         raise ConversionError(f"the generator models K={gpt_arch['binary_size']} bits per token but "
                               f"the B-AE produces K={bae_arch['codebook_size']}: these files do not "
@@ -204,27 +207,23 @@ def config_from_detected(gpt_arch: dict, bae_arch: dict) -> ml_collections.Confi
     if grid * grid != gpt_arch["seq_len"]:
         raise ConversionError(f"the generator has {gpt_arch['seq_len']} tokens but the B-AE makes "
                               f"a {grid}×{grid} grid: these files do not belong together")
-    config = configs.bigr_config("L", binary_size=gpt_arch["binary_size"])
-    config.bigr.update(gpt_arch)
-    config.bae.update(bae_arch)
-    return config
+    return ml_collections.ConfigDict(dict(
+        model="bigr", bigr=bigr_section(**gpt_arch),
+        bae=dict(bae_section(codebook_size=gpt_arch["binary_size"]), **bae_arch)))
 
 
 def _expected_shapes(config):
-    from bigvar import configs
-    from bigvar.params import param_shapes
-    gpt, bae = param_shapes(configs.build_bigr(config), configs.build_bae(config))
+    gpt, bae = models.param_shapes(*models.build(config))
     return gpt["params"], bae["params"]
 
 
 def convert_state_dicts(gpt_sd: dict, bae_sd: dict, gpt_name: str = "BiGR", bae_name: str = "B-AE",
                         expected_config=None):
-    from bigvar import configs
     gpt_arch = detect_bigr(gpt_sd, gpt_name)
     ae_sd = autoencoder_keys(bae_sd, bae_name)
     config = config_from_detected(gpt_arch, detect_bae(ae_sd, bae_name, gpt_arch["seq_len"]))
     if expected_config is not None:
-        configs.check_architecture(expected_config, config.to_dict(), f"{gpt_name} + {bae_name}")
+        weights.check_architecture(expected_config, config.to_dict(), f"{gpt_name} + {bae_name}")
     want_gpt, want_bae = _expected_shapes(config)
     gpt_params = convert_bigr_state_dict(gpt_sd, gpt_arch["n_layer"], gpt_name)
     bae_params = convert_bae_state_dict(ae_sd, want_bae, bae_name)

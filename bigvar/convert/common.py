@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from bigvar.checkpoint import describe_mismatch
+from bigvar.weights import describe_mismatch
 
 
 class ConversionError(ValueError):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bigvar.checkpoint import describe_mismatch
+from bigvar.weights import describe_mismatch
 from bigvar.convert import torch_pickle
 from bigvar.convert.common import (ConversionError, check_against, conv, find_state_dict,
                                    set_path)

@@ -12,10 +12,12 @@ import re
 import ml_collections
 import numpy as np
 
-from bigvar import configs
+from bigvar import models, weights
 from bigvar.convert import torch_pickle
 from bigvar.convert.common import (ConversionError, NameTable, check_against, convert_conv_net,
                                    find_state_dict, linear, looks_like, same)
+from bigvar.models.var import PATCH_NUMS_256, PATCH_NUMS_512, config_section as var_section
+from bigvar.tokenizers.msvq import config_section as vae_section
 
 # (torch key, flax path, transform); `{i}` is the block index.
 VAR_TABLE = [
@@ -52,7 +54,7 @@ VAE_BUFFERS = ["quantize.ema_vocab_hit_SV"]
 # Released patch_nums by (number of scales, sequence length).
 KNOWN_PATCH_NUMS = {
     (len(p), sum(x * x for x in p)): p
-    for p in (configs.PATCH_NUMS_256, configs.PATCH_NUMS_512,
+    for p in (PATCH_NUMS_256, PATCH_NUMS_512,
               (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64))  # --pn=1024, never released
 }
 
@@ -130,18 +132,18 @@ def detect_vae(sd: dict, path: str) -> dict:
 
 
 def config_from_detected(var_arch: dict, vae_arch: dict) -> ml_collections.ConfigDict:
-    """A sampling config (`configs.var_config` defaults) with the detected architecture."""
+    """The model sections (`var`, `vae`) of the detected architecture, other fields at their
+    defaults."""
     if var_arch["vocab_size"] != vae_arch["vocab_size"] or var_arch["cvae"] != vae_arch["z_channels"]:
         raise ConversionError(
             f"the VAR head predicts {var_arch['vocab_size']} codes of width {var_arch['cvae']}, but "
             f"the VQ-VAE has {vae_arch['vocab_size']} codes of width {vae_arch['z_channels']}: "
             "these files do not belong together")
-    config = configs.var_config(var_arch["depth"], shared_aln=var_arch["shared_aln"],
-                                patch_nums=var_arch["patch_nums"])
-    for key in configs.ARCH_FIELDS["var"]["var"]:
-        config.var[key] = var_arch[key]
-    config.vae.update(vae_arch)
-    return config
+    var = var_section(var_arch["depth"], shared_aln=var_arch["shared_aln"],
+                      patch_nums=var_arch["patch_nums"])
+    var.update({key: var_arch[key] for key in weights.ARCH_FIELDS["var"]})
+    return ml_collections.ConfigDict(dict(model="var", var=var,
+                                          vae=dict(vae_section(), **vae_arch)))
 
 
 # ---- conversion -------------------------------------------------------------------------------
@@ -157,8 +159,7 @@ def convert_vae_state_dict(sd: dict, path: str) -> dict:
 
 
 def _expected_shapes(config):
-    from bigvar.params import param_shapes
-    var_shapes, vae_shapes = param_shapes(configs.build_var(config), configs.build_vae(config))
+    var_shapes, vae_shapes = models.param_shapes(*models.build(config))
     return var_shapes["params"], vae_shapes["params"]
 
 
@@ -168,7 +169,7 @@ def convert_state_dicts(var_sd: dict, vae_sd: dict, var_name: str = "VAR", vae_n
     var_arch = detect_var(var_sd, var_name, patch_nums)
     config = config_from_detected(var_arch, detect_vae(vae_sd, vae_name))
     if expected_config is not None:
-        configs.check_architecture(expected_config, config.to_dict(), f"{var_name} + {vae_name}")
+        weights.check_architecture(expected_config, config.to_dict(), f"{var_name} + {vae_name}")
     var_params = convert_var_state_dict(var_sd, var_arch["depth"], var_name)
     vae_params = convert_vae_state_dict(vae_sd, vae_name)
     want_var, want_vae = _expected_shapes(config)

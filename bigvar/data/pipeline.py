@@ -59,17 +59,35 @@ _STATE_FORMAT = "bigvar.data.pipeline/1"
 _SKIPPED_KEY = "num_unreadable_skipped"
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-    """The data section of a training config (defined with the other sections in
-    `bigvar.configs`); procedural defaults (runs anywhere, no files)."""
-    from bigvar.configs import data_section
-    return data_section()
+def data_section(**overrides) -> ml_collections.ConfigDict:
+    """`config.data`: where training images come from. The defaults are the built-in procedural
+    data (runs anywhere, no files); `_resolve_config` checks the values."""
+    data = ml_collections.ConfigDict(dict(
+        source="procedural",  # procedural | folder | array_record | tfds
+        path="",  # folder: root/<class>/<files> (ImageNet layout); array_record: glob or list
+        tfds_name="", tfds_split="train", tfds_data_dir="",  # a TFDS dataset prepared as array_record
+        num_classes=10,  # classes of the model; labels must be < num_classes
+        num_records=10_000, procedural_seed=0,  # procedural: records per epoch, which images
+        transform="var",  # var: shorter side 1.125·R (Lanczos) + random crop; adm: BiGR's centre crop
+        value_range="minus_one_one",  # the tokenizer's input range: minus_one_one | zero_one
+        hflip=False,  # random flips for var and procedural; adm always flips (as BiGR)
+        # Bounds on the work per image, checked from the file header and skipped (counted,
+        # logged) beyond them; 0 = no limit. Longer:shorter side: a 1×20000 PNG would resize to
+        # 288×5.76M px. Decoded pixels: 64 MP is 192 MB as RGB, above camera photos.
+        max_aspect_ratio=transforms.DEFAULT_MAX_ASPECT_RATIO,
+        max_pixels=transforms.DEFAULT_MAX_PIXELS,
+        num_workers=0,  # grain worker processes; 0 = decode in this process
+        num_threads=4,  # read/decode threads per process (PIL releases the GIL)
+        prefetch=2,  # batches buffered ahead by a background thread; 0 = none
+    ))
+    data.update(overrides)
+    return data
 
 
 def _resolve_config(data_config) -> ml_collections.ConfigDict:
     """Defaults filled in for absent fields, values checked (messages say how to fix them)."""
     # Not type-safe: `path` may be a list of shards and `value_range` a (low, high) tuple.
-    cfg = ml_collections.ConfigDict(default_data_config().to_dict(), type_safe=False)
+    cfg = ml_collections.ConfigDict(data_section().to_dict(), type_safe=False)
     given = dict(data_config.items()) if data_config is not None else {}
     unknown = sorted(set(given) - set(cfg))
     if unknown:

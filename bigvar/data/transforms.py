@@ -26,7 +26,7 @@ from PIL import Image
 VALUE_RANGES = {"minus_one_one": (-1.0, 1.0), "zero_one": (0.0, 1.0)}
 TRANSFORMS = ("var", "adm", "bld")
 
-# Defaults of config.data.max_aspect_ratio / max_pixels (bigvar.configs.data_section).
+# Defaults of config.data.max_aspect_ratio / max_pixels (bigvar.data.pipeline.data_section).
 DEFAULT_MAX_ASPECT_RATIO = 10.0
 DEFAULT_MAX_PIXELS = 64_000_000
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
-from bigvar import checkpoint
+from bigvar import weights
 from bigvar.data.procedural import ProceduralSource
 
 HELDOUT_SEED_OFFSET = 2_000_003  # held-out images: a procedural seed the training never uses
@@ -89,9 +89,9 @@ def train_or_load(config: ml_collections.ConfigDict, *, num_classes: int, image_
     heldout_x, heldout_y = heldout_set(num_classes, image_size, config.heldout_images,
                                        procedural_seed)
     if os.path.exists(os.path.join(workdir, "config.json")):
-        stored = checkpoint.load_config(workdir)
+        stored = weights.load_config(workdir)
         if stored.get("classifier") == meta:
-            judge = Judge(num_classes, config.width, checkpoint.load_weights(workdir)["classifier"])
+            judge = Judge(num_classes, config.width, weights.load_weights(workdir)["classifier"])
             return judge, judge.accuracy(heldout_x, heldout_y)
 
     model = ShapeClassifier(num_classes, config.width)
@@ -118,7 +118,7 @@ def train_or_load(config: ml_collections.ConfigDict, *, num_classes: int, image_
         params, opt_state, loss = step(params, opt_state, jnp.asarray(x), jnp.asarray(y))
         if i % 50 == 0:
             bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
-    checkpoint.save_weights(workdir, {"classifier": jax.device_get(params)},
+    weights.save_weights(workdir, {"classifier": jax.device_get(params)},
                             {"classifier": meta}, overwrite=True)
     judge = Judge(num_classes, config.width, params)
     accuracy = judge.accuracy(heldout_x, heldout_y)

@@ -13,14 +13,43 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar.nn.layers import attention, constrain, dense, layer_norm, param
+from bigvar.errors import invalid
+from bigvar.nn.layers import (attention, constrain, dense, layer_norm, layer_stack, param,
+                               validate_stack_fields)
 
 Dtype = Any
+
+
+def config_section(*, binary_size: int, dim: int, n_layer: int, n_head: int, seq_len: int,
+                   denoise_hidden: int, num_block_mlp: int, num_classes: int = 1000) -> dict:
+    """`config.bigr`, the `BiGR` fields (`BiGR(**section)`): an architecture and the released
+    models' training and compute settings."""
+    return dict(
+        binary_size=binary_size, num_classes=num_classes, dim=dim, n_layer=n_layer, n_head=n_head,
+        seq_len=seq_len, denoise_hidden=denoise_hidden, num_block_mlp=num_block_mlp, norm_eps=1e-5,
+        class_dropout=0.1, dropout=0.1, attn_impl="xla", remat=False,
+        remat_policy="nothing_saveable", scan_unroll=1, dtype="float32")
+
+
+def validate_section(g, tokenizer, name: str = "bigr") -> None:
+    """The values of `config.bigr` a user can get wrong; `tokenizer` is `config.bae`."""
+    if g.dim % g.n_head:
+        invalid(f"{name}.n_head", g.n_head, f"a divisor of {name}.dim={g.dim}")
+    if g.binary_size != tokenizer.codebook_size:
+        invalid(f"{name}.binary_size", g.binary_size,
+                f"the B-AE's bits per token, bae.codebook_size={tokenizer.codebook_size}")
+    grid = tokenizer.img_size // 2 ** (len(tokenizer.ch_mult) - 1)
+    if grid * grid != g.seq_len:
+        invalid(f"{name}.seq_len", g.seq_len, f"the B-AE's token count {grid}×{grid} = {grid * grid}")
+    if g.attn_impl not in ("xla", "cudnn"):
+        invalid(f"{name}.attn_impl", g.attn_impl, "'xla' or 'cudnn' (GPU only)")
+    validate_stack_fields(g, name)
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int = 256) -> int:
@@ -247,7 +276,7 @@ class BiGR(nn.Module):
             self, "diffusion_pos_embed_learned", nn.initializers.normal(0.02), (1, self.seq_len, d),
             (None, "seq", "embed"))
         self.denoise_mlp = DenoiseModel(self.binary_size, self.denoise_hidden, self.num_block_mlp)
-        self.layers = layer_stack(self, self.n_layer)
+        self.layers = blocks(self, self.n_layer)
 
     def class_embedding(self, labels):
         return self.cls_embedding(labels)
@@ -273,6 +302,9 @@ class BiGR(nn.Module):
         """The training forward: (z, flip logits of the noisy bits x_t (B, N, K) at timestep
         indices t (B, N)). With `train`, labels drop to the null class w.p. `class_dropout`
         (rng 'dropout') and residual dropout is on."""
+        chex.assert_rank([tokens, mask, labels, x_t, t], [3, 2, 1, 3, 2])
+        chex.assert_equal_shape([tokens, x_t])
+        chex.assert_equal_shape([mask, t])
         z = self.condition(tokens, mask, labels, train=train)
         return z, self.flip_logits(x_t, t, z)
 
@@ -299,17 +331,12 @@ class BiGR(nn.Module):
         return self.denoise_mlp.from_embedded(x_t, t, c_z)
 
 
-def layer_stack(model: BiGR, length: int) -> nn.Module:
+def blocks(model: BiGR, length: int) -> nn.Module:
     """The scanned block stack (`layers`, params stacked on a leading axis) of `length` layers."""
-    block = TransformerBlock
-    if model.remat:
-        block = nn.remat(block, prevent_cse=False, static_argnums=(4,),
-                         policy=getattr(jax.checkpoint_policies, model.remat_policy))
-    return nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=length,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-        unroll=max(1, min(model.scan_unroll, length)),
+    return layer_stack(
+        TransformerBlock, length=length, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+        remat=model.remat, remat_policy=model.remat_policy, scan_unroll=model.scan_unroll,
+        static_argnums=(4,),  # `deterministic`
     )(model.dim, model.n_head, ffn_hidden_dim(model.dim), model.norm_eps, model.dropout,
       model.attn_impl, model.dtype)
 
@@ -323,5 +350,5 @@ def features(model: BiGR, params, tokens, labels, layer_index: int) -> jax.Array
     cond = model.apply(params, labels, method=BiGR.class_embedding)
     h, ada, rope = model.apply(params, tokens, cond, None, method=BiGR.embed_inputs)
     first = jax.tree_util.tree_map(lambda p: p[:layer_index + 1], params["params"]["layers"])
-    h, _ = layer_stack(model, layer_index + 1).apply({"params": first}, h, ada, rope, True)
+    h, _ = blocks(model, layer_index + 1).apply({"params": first}, h, ada, rope, True)
     return h[:, 1:]

@@ -15,17 +15,55 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar.nn.layers import attention, constrain, dense, l2_normalize, layer_norm, param
+from bigvar.errors import invalid
+from bigvar.nn.layers import (attention, constrain, dense, l2_normalize, layer_norm, layer_stack,
+                               param, validate_stack_fields)
 
 ACT = ("act_batch", "act_seq", "act_embed")
 
 Dtype = Any
 _MAX_SCALE_MUL = math.log(100.0)
+PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # token-map sides of the 256-px releases
+PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)  # and of var_d36 at 512 px
+
+
+def config_section(depth: int, *, shared_aln: bool = False, patch_nums=PATCH_NUMS_256,
+                   embed_dim: int | None = None, num_heads: int | None = None,
+                   num_classes: int = 1000) -> dict:
+    """`config.var`: the `VAR` fields but the tokenizer's (`VAR(vocab_size=…, cvae=…, **section)`).
+    The official depth rule: heads = depth, width = 64·depth, drop_path 0.1·depth/24."""
+    return dict(
+        depth=depth, embed_dim=embed_dim or 64 * depth, num_heads=num_heads or depth,
+        mlp_ratio=4.0, num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=True,
+        patch_nums=tuple(patch_nums), norm_eps=1e-6, cond_drop_rate=0.1,
+        drop_path_rate=0.1 * depth / 24,  # training only (stochastic depth)
+        attn_impl="xla", remat=False, remat_policy="nothing_saveable", scan_unroll=1,
+        dtype="float32")
+
+
+def validate_section(v, name: str = "var") -> None:
+    """The values of `config.var` a user can get wrong, named with the fix."""
+    pns = tuple(v.patch_nums)
+    if not pns or any(p <= 0 for p in pns) or list(pns) != sorted(set(pns)):
+        invalid(f"{name}.patch_nums", pns, "strictly increasing positive ints, e.g. (1,2,3,4,5,6,8,10,13,16)")
+    if v.embed_dim % v.num_heads:
+        invalid(f"{name}.num_heads", v.num_heads, f"a divisor of {name}.embed_dim={v.embed_dim}")
+    if v.num_classes < 1:
+        invalid(f"{name}.num_classes", v.num_classes, "≥ 1")
+    if v.attn_impl not in ("xla", "cudnn"):
+        invalid(f"{name}.attn_impl", v.attn_impl, "'xla' or 'cudnn' (GPU only)")
+    if v.dtype not in ("float32", "bfloat16"):
+        invalid(f"{name}.dtype", v.dtype, "'float32' or 'bfloat16'")
+    validate_stack_fields(v, name)
+    if v.attn_impl == "cudnn" and v.dtype != "bfloat16":
+        invalid(f"{name}.attn_impl", v.attn_impl, "'xla' with float32: cuDNN attention needs "
+                f"--config.{name}.dtype=bfloat16")
 
 
 def scale_ids(patch_nums: Sequence[int]) -> np.ndarray:
@@ -194,15 +232,9 @@ class VAR(nn.Module):
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(std), ("levels", "embed")))
         if self.shared_aln:
             self.shared_ada_lin = dense(6 * c, ("embed", "adaln"), std=std)
-        block = AdaLNSelfAttn
-        if self.remat:
-            block = nn.remat(block, prevent_cse=False,
-                             policy=getattr(jax.checkpoint_policies, self.remat_policy))
-        self.blocks = nn.scan(
-            block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, 0), length=self.depth,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-            unroll=max(1, min(self.scan_unroll, self.depth)),
+        self.blocks = layer_stack(
+            AdaLNSelfAttn, length=self.depth, in_axes=(0, nn.broadcast, nn.broadcast, 0),
+            remat=self.remat, remat_policy=self.remat_policy, scan_unroll=self.scan_unroll,
         )(c, self.num_heads, self.mlp_ratio, self.shared_aln, self.attn_l2_norm, self.norm_eps,
           self.attn_impl, self.dtype)
         self.head_nm = AdaLNBeforeHead(c, self.norm_eps)
@@ -245,6 +277,8 @@ class VAR(nn.Module):
         linspace(0, drop_path_rate, depth) (rng stream 'dropout'); the official code drops
         labels even in eval, we do it only here.
         """
+        chex.assert_rank([labels, x_in], [1, 3])
+        chex.assert_equal_shape_prefix([labels, x_in], 1)
         if train and self.cond_drop_rate > 0:
             drop = jax.random.uniform(self.make_rng("dropout"), labels.shape) < self.cond_drop_rate
             labels = jnp.where(drop, self.num_classes, labels)

@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigvar.errors import invalid
+
 Dtype = Any
 
 
@@ -67,3 +69,27 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
         logits = jnp.where(mask[None, None], logits, -jnp.inf)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bshd->bthd", weights, v)
+
+
+def layer_stack(block: type[nn.Module], *, length: int, in_axes: tuple, remat: bool,
+                remat_policy: str, scan_unroll: int, static_argnums: tuple[int, ...] = ()):
+    """`length` copies of `block` as one `nn.scan` (params stacked on a leading `layers` axis),
+    rematerialised with the named `jax.checkpoint_policies` policy when `remat`; call the result
+    with the block's constructor arguments. `scan_unroll` layers run per scan iteration."""
+    if remat:
+        block = nn.remat(block, prevent_cse=False, static_argnums=static_argnums,
+                         policy=getattr(jax.checkpoint_policies, remat_policy))
+    return nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=in_axes, length=length, metadata_params={nn.PARTITION_NAME: "layers"},
+        unroll=max(1, min(scan_unroll, length)))
+
+
+def validate_stack_fields(section, name: str) -> None:
+    """The `layer_stack` fields of a model's config section: remat policy and scan unrolling."""
+    if not hasattr(jax.checkpoint_policies, section.remat_policy):
+        options = sorted(p for p in dir(jax.checkpoint_policies) if not p.startswith("_"))
+        invalid(f"{name}.remat_policy", section.remat_policy, f"one of jax.checkpoint_policies: {options}")
+    if section.scan_unroll < 1:
+        invalid(f"{name}.scan_unroll", section.scan_unroll, "≥ 1 layers per scan iteration "
+                "(the depth unrolls the stack fully)")

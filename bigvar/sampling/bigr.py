@@ -17,21 +17,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
+from bigvar.errors import invalid
 from bigvar.models.bigr import BiGR
-from bigvar.sampling.common import MeshPlacement, check_labels, per_sample_keys
+from bigvar.models.bigr_schedules import DIFFUSION_STEPS, TranscoderPlan, reveal_counts, transcoder_plan
+from bigvar.nn.resize import resize_matrix
+from bigvar.sampling.common import Sampler, per_sample_keys, to_uint8
+from bigvar.sampling.edit import box_mask
 from bigvar.tokenizers.bae import BinaryAutoEncoder, from_tokens
 
+PIXEL_RANGE = BinaryAutoEncoder.VALUE_RANGE
 CFG_SCHEDULES = ("constant", "linear")
+GUMBEL_SCHEDULES = ("constant", "down", "up")
 # Random streams derived from a sample's key for one outer step (fold_in constants).
 _GUMBEL, _BITS, _TRANSCODER_INIT, _TRANSCODER_STEP = 0, 1, 2, 3
-GUMBEL_SCHEDULES = ("constant", "down", "up")
+_ENCODE = 2**20  # `encode`'s Bernoulli bits, from the sample's key itself
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,40 +51,34 @@ class BiGRSamplingSettings:
     gumbel: float = 0.01
     gumbel_schedule: str = "constant"
     temperature: float = 1.0
-    diffusion_steps: int = 256
+    diffusion_steps: int = DIFFUSION_STEPS
     transcoder_steps: int = 100
 
     def __post_init__(self):
         if self.num_iter < 1:
-            raise ValueError(f"num_iter must be ≥ 1; got {self.num_iter}")
+            invalid("sample.num_iter", self.num_iter, "≥ 1")
         if self.cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be one of {CFG_SCHEDULES}; got {self.cfg_schedule!r}")
+            invalid("sample.cfg_schedule", self.cfg_schedule, "'constant' or 'linear'")
         if self.gumbel_schedule not in GUMBEL_SCHEDULES:
-            raise ValueError(f"gumbel_schedule must be one of {GUMBEL_SCHEDULES}; got {self.gumbel_schedule!r}")
-        if self.gumbel < 0 or self.temperature <= 0:
-            raise ValueError(f"gumbel must be ≥ 0 and temperature > 0; got {self.gumbel}, {self.temperature}")
+            invalid("sample.gumbel_schedule", self.gumbel_schedule, "'constant', 'down' or 'up'")
+        if self.gumbel < 0:
+            invalid("sample.gumbel", self.gumbel, "≥ 0 (0 disables the confidence noise)")
+        if self.temperature <= 0:
+            invalid("sample.temperature", self.temperature, "> 0")
         if not 1 <= self.transcoder_steps <= self.diffusion_steps:
-            raise ValueError(f"transcoder_steps must be in [1, {self.diffusion_steps}]; got {self.transcoder_steps}")
+            invalid("sample.transcoder_steps", self.transcoder_steps, f"in [1, {self.diffusion_steps}]")
+
+    @classmethod
+    def from_config(cls, sample) -> BiGRSamplingSettings:
+        """The settings in a `config.sample` section (its other fields belong to the job)."""
+        return cls(**{field.name: sample[field.name] for field in dataclasses.fields(cls)})
 
     @property
     def uses_null_branch(self) -> bool:
         return self.cfg != 1.0
 
 
-# ---- schedules (host-side NumPy, exactly as the official Python floats) -------------------
-def reveal_counts(num_tokens: int, num_iter: int, schedule: str = "cosine") -> np.ndarray:
-    """Tokens revealed at each step: M_i = ⌊rate(r)·M⌋ with r = (i+1)/I, n_i = M_{i−1} − M_i.
-    `cosine` (generation): rate = cos(π/2·r); `linear` (in-painting): rate = 1 − r."""
-    counts, old = [], num_tokens
-    for step in range(num_iter):
-        ratio = (step + 1) / num_iter
-        rate = np.cos(math.pi / 2.0 * ratio) if schedule == "cosine" else 1.0 - ratio
-        new = math.floor(rate * num_tokens)
-        counts.append(old - new)
-        old = new
-    return np.asarray(counts, np.int32)
-
-
+# ---- per-step guidance and noise (host-side; the other schedules: models/bigr_schedules.py)
 def cfg_weights(settings: BiGRSamplingSettings) -> np.ndarray:
     ratio = np.arange(1, settings.num_iter + 1) / settings.num_iter
     if settings.cfg_schedule == "linear":
@@ -90,46 +90,6 @@ def gumbel_scales(settings: BiGRSamplingSettings) -> np.ndarray:
     ratio = np.arange(1, settings.num_iter + 1) / settings.num_iter
     scale = {"constant": np.ones_like(ratio), "down": 1.0 - ratio, "up": ratio}[settings.gumbel_schedule]
     return (settings.gumbel * scale).astype(np.float32)
-
-
-def diffusion_schedule(num_timesteps: int) -> dict[str, np.ndarray]:
-    """The linear Bernoulli schedule: q(x_t = 1 | x_0) = k_t·x_0 + b_t with k_t = 1 − t/T,
-    b_t = t/(2T), one-step β_t = 1 − 1/(T − t + 1); arrays indexed t = 0..T, float32 like the
-    official buffers (computed in float64 by the same recursion)."""
-    beta = 1.0 - 1.0 / (num_timesteps - np.arange(1, num_timesteps + 1) + 1)
-    k, b = [1.0], [0.0]
-    for i in range(num_timesteps):
-        k.append(k[-1] * beta[i])
-        b.append(beta[i] * b[-1] + 0.5 * (1 - beta[i]))
-    out = {"k_final": np.asarray(k), "b_final": np.asarray(b), "beta": np.concatenate([[1.0], beta])}
-    out["cumbeta"] = np.cumprod(out["beta"].astype(np.float32))
-    return {name: np.asarray(v, np.float32) for name, v in out.items()}
-
-
-def transcoder_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
-    """The strided steps s, descending: 1 + ⌊linspace(0, 1, S)·(T − 1)⌋ reversed."""
-    all_steps = np.arange(1, num_timesteps + 1)
-    if steps != num_timesteps:
-        all_steps = all_steps[np.array(np.linspace(0.0, 1.0, steps) * (num_timesteps - 1), int)]
-    return all_steps[::-1].copy()
-
-
-class TranscoderPlan(NamedTuple):
-    """Per inner step: model timestep index s−1, next step's k and b, Π β over (s′, s]."""
-    t_index: np.ndarray
-    k_next: np.ndarray
-    b_next: np.ndarray
-    beta_prod: np.ndarray
-
-
-def transcoder_plan(num_timesteps: int, steps: int) -> TranscoderPlan:
-    sched = diffusion_schedule(num_timesteps)
-    s = transcoder_timesteps(num_timesteps, steps)
-    s_next = np.concatenate([s[1:], [0]])  # the last step (s = 1) returns p0: its posterior is unused
-    beta64 = 1.0 - 1.0 / (num_timesteps - np.arange(1, num_timesteps + 1) + 1)
-    prod = np.array([np.prod(np.concatenate([[1.0], beta64])[n + 1:c + 1]) for c, n in zip(s, s_next)])
-    return TranscoderPlan((s - 1).astype(np.int32), sched["k_final"][s_next], sched["b_final"][s_next],
-                          prod.astype(np.float32))
 
 
 # ---- the transcoder ----------------------------------------------------------------------
@@ -163,7 +123,7 @@ def transcode(model: BiGR, params, c_z, weight, temperature: float, keys, plan: 
         xp = jnp.repeat(x, pairs, axis=0)
         # One timestep for all tokens: its embedding is computed once and broadcast.
         logits = model.apply(params, xp, t_index, c_z, method=BiGR.flip_logits_from_embedded) / temperature
-        logits = logits.reshape(b, pairs, n, k)
+        logits = rearrange(logits, "(b pair) n k -> b pair n k", pair=pairs)
         if pairs == 2:
             logits = logits[:, 1] + weight * (logits[:, 0] - logits[:, 1])
         else:
@@ -224,7 +184,7 @@ def sample_tokens(model: BiGR, settings: BiGRSamplingSettings, params, cond, nul
     conds = cond[:, None, :]
     if pairs == 2:
         conds = jnp.concatenate([conds, jnp.broadcast_to(null_cond, conds.shape)], axis=1)
-    conds = conds.reshape(b * pairs, -1)
+    conds = rearrange(conds, "b pair d -> (b pair) d")
     keys = per_sample_keys(seed, sample_index)
     plan = transcoder_plan(settings.diffusion_steps, settings.transcoder_steps)
 
@@ -242,8 +202,9 @@ def sample_tokens(model: BiGR, settings: BiGRSamplingSettings, params, cond, nul
         if size is None or size == n:
             return transcode(model, params, c_z, weight, settings.temperature, step_keys, plan, pairs)
         rows = jnp.argsort(revealed, axis=-1, stable=True)[:, :size]  # hidden tokens first
-        c_rows = jnp.take_along_axis(c_z.reshape(b, pairs, n, -1), rows[:, None, :, None], axis=2)
-        p_rows = transcode(model, params, c_rows.reshape(b * pairs, size, -1), weight,
+        c_rows = jnp.take_along_axis(rearrange(c_z, "(b pair) n h -> b pair n h", pair=pairs),
+                                     rows[:, None, :, None], axis=2)
+        p_rows = transcode(model, params, rearrange(c_rows, "b pair n h -> (b pair) n h"), weight,
                            settings.temperature, step_keys, plan, pairs, rows, n)
         return jnp.zeros((b, n, k)).at[jnp.arange(b)[:, None], rows].set(p_rows)
 
@@ -279,13 +240,13 @@ def sample_tokens(model: BiGR, settings: BiGRSamplingSettings, params, cond, nul
 
 def bernoulli(step_keys, probs):
     """Independent bits ~ Bernoulli(P), one key per sample."""
-    u = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, _BITS), probs.shape[1:]))(step_keys)
-    return (u < probs).astype(jnp.float32)
+    bits = jax.vmap(lambda key, p: jax.random.bernoulli(jax.random.fold_in(key, _BITS), p))(step_keys, probs)
+    return bits.astype(jnp.float32)
 
 
 def decode_to_uint8(bae: BinaryAutoEncoder, bae_params, tokens) -> jax.Array:
     img = bae.apply(bae_params, from_tokens(tokens, bae.grid_size), method=BinaryAutoEncoder.decode)
-    return jnp.clip(jnp.round(img * 255.0), 0, 255).astype(jnp.uint8)
+    return to_uint8(img, PIXEL_RANGE)
 
 
 def keep_mask_tokens(keep_mask, grid: int, batch: int, image_size: int) -> np.ndarray:
@@ -304,14 +265,16 @@ def keep_mask_tokens(keep_mask, grid: int, batch: int, image_size: int) -> np.nd
     return (mask > 0).reshape(batch, grid * grid)
 
 
-class BiGRSampler:
-    """Public sampling API for BiGR: generation, zero-shot apps and features, with validated
-    inputs, jitted functions cached per shape and the batch sharded over the mesh's data axes.
+class BiGRSampler(Sampler):
+    """BiGR's public sampling API: generation, the zero-shot apps and features (params, batch
+    sharding, label checks and the jit cache come from `Sampler`).
 
         sampler = BiGRSampler(model, bae, params, bae_params, BiGRSamplingSettings(cfg=2.5))
         out = sampler.generate([207, 360], seed=0)          # out.images (2, 256, 256, 3) uint8
         out = sampler.inpaint(images, keep_mask)            # keep_mask: 1 = keep the image token
     """
+
+    pixel_range = PIXEL_RANGE
 
     def __init__(self, model: BiGR, bae: BinaryAutoEncoder, params, bae_params,
                  settings: BiGRSamplingSettings = BiGRSamplingSettings(), mesh=None):
@@ -321,68 +284,49 @@ class BiGRSampler:
         if bae.grid_size ** 2 != model.seq_len:
             raise ValueError(f"the generator has {model.seq_len} tokens but the B-AE a "
                              f"{bae.grid_size}×{bae.grid_size} grid")
-        self.model, self.bae, self.settings = model, bae, settings
-        self.place = MeshPlacement(mesh)
-        self.mesh = self.place.mesh
-        self.set_params(params, bae_params)
-        self._jitted = {}
-
-    def set_params(self, params, bae_params) -> None:
-        """New weights of the same shapes (e.g. during training): compiled samplers are reused."""
-        self.params = self.place.replicate(params)
-        self.bae_params = self.place.replicate(bae_params)
+        super().__init__(model, bae, params, bae_params, settings, mesh)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def check_labels(self, labels) -> np.ndarray:
-        return check_labels(labels, self.model.num_classes)
-
-    def _pad(self, x):
-        return self.place.batch(x)
-
-    def _jit(self, name, fn):
-        if name not in self._jitted:
-            self._jitted[name] = jax.jit(fn)
-        return self._jitted[name]
-
     def _images(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
-        self.bae.check_images(images)
+        images = self._image_batch(images)
+        self.tokenizer.check_images(images)
         return images.astype(np.float32)
 
     def _embed(self, labels):
-        return self.model.apply(self.params, labels, method=BiGR.class_embedding)
+        return self.generator.apply(self.gen_params, labels, method=BiGR.class_embedding)
+
+    def _reveal_counts(self, batch: int) -> np.ndarray:
+        """The generation schedule (cosine) for each of `batch` samples: (batch, num_iter)."""
+        return np.tile(reveal_counts(self.generator.seq_len, self.settings.num_iter), (batch, 1))
 
     def _run(self, name, cond, seed, first_index, counts, known_tokens=None, known=None,
              final_fill=False, official_budget=False):
         n = cond.shape[0]
-        index = np.arange(first_index, first_index + n, dtype=np.int32)
-        null = self._embed(jnp.asarray([self.model.num_classes]))[0]
-        model, bae, settings = self.model, self.bae, self.settings
+        model, bae, settings = self.generator, self.tokenizer, self.settings
         # The official budget may pick known tokens, whose probabilities are then needed too.
         segments = None if official_budget else hidden_token_segments(counts, model.seq_len, known)
 
         def fn(params, bae_params, cond, seed, index, counts, known_tokens, known):
+            # From `params`, not closed over: the compiled function is reused after `set_params`.
+            null = model.apply(params, jnp.asarray([model.num_classes]), method=BiGR.class_embedding)[0]
             tokens, times = sample_tokens(model, settings, params, cond, null, seed, index, counts,
                                           known_tokens, known, final_fill, segments)
             return BiGRSampleOutput(decode_to_uint8(bae, bae_params, tokens), tokens, times)
 
         out = self._jit((name, final_fill, known is None, segments), fn)(
-            self.params, self.bae_params, self._pad(cond), jnp.uint32(seed), self._pad(index),
-            self._pad(counts), None if known_tokens is None else self._pad(known_tokens),
+            self.gen_params, self.tok_params, self._pad(cond), jnp.uint32(seed),
+            self._pad(self._sample_index(first_index, n)), self._pad(counts),
+            None if known_tokens is None else self._pad(known_tokens),
             None if known is None else self._pad(known))
-        return BiGRSampleOutput(*(np.asarray(x)[:n] for x in out))
+        return self._unpad(out, n)
 
     # ---- public API ----------------------------------------------------------------------------
     def generate(self, labels, seed: int = 0, first_index: int = 0) -> BiGRSampleOutput:
         """Class-conditional samples (the null class id gives unconditional ones). Sample j uses
         global index first_index + j, so every image is reproducible on its own."""
         labels = self.check_labels(labels)
-        counts = np.tile(reveal_counts(self.model.seq_len, self.settings.num_iter), (len(labels), 1))
-        return self._run("generate", np.asarray(self._embed(jnp.asarray(labels))), seed, first_index, counts)
+        return self._run("generate", np.asarray(self._embed(jnp.asarray(labels))), seed, first_index,
+                         self._reveal_counts(len(labels)))
 
     def interpolate(self, class_a: int, class_b: int, ratios, seed: int = 0) -> BiGRSampleOutput:
         """Class interpolation: condition r·E[a] + (1 − r)·E[b] (token and AdaLN) for each r."""
@@ -390,31 +334,29 @@ class BiGRSampler:
         ratios = np.asarray(ratios, np.float32).reshape(-1, 1)
         emb = np.asarray(self._embed(jnp.asarray([a, b])))
         cond = ratios * emb[0] + (1 - ratios) * emb[1]
-        counts = np.tile(reveal_counts(self.model.seq_len, self.settings.num_iter), (len(cond), 1))
+        counts = self._reveal_counts(1)
         # One seed for every ratio, as the official app: the same noise, a moving condition.
-        out = [self._run("generate", cond[i:i + 1], seed, 0, counts[i:i + 1]) for i in range(len(cond))]
+        out = [self._run("generate", cond[i:i + 1], seed, 0, counts) for i in range(len(cond))]
         return BiGRSampleOutput(*(np.concatenate(x) for x in zip(*out)))
 
     def encode(self, images, seed: int = 0, first_index: int = 0, deterministic: bool = False):
         """Images (B, S, S, 3) uint8 or float [0, 1] → tokens (B, N, K): Bernoulli bits (what the
         official apps use) drawn per sample from (seed, index), or thresholded at ½."""
         images = self._images(images)
-        bae = self.bae
+        bae = self.tokenizer
 
         def fn(bae_params, images, seed, index):
             probs = bae.apply(bae_params, images, method=BinaryAutoEncoder.encode_probs)
-            keys = per_sample_keys(seed, index)
             if deterministic:
-                bits = (probs > 0.5).astype(jnp.float32)
+                bits = probs > 0.5
             else:
-                bits = jax.vmap(lambda key, p: (jax.random.uniform(key, p.shape) < p).astype(jnp.float32))(
-                    jax.vmap(lambda key: jax.random.fold_in(key, 2**20))(keys), probs)
-            return bits.reshape(bits.shape[0], -1, bits.shape[-1])
+                keys = jax.vmap(lambda key: jax.random.fold_in(key, _ENCODE))(per_sample_keys(seed, index))
+                bits = jax.vmap(jax.random.bernoulli)(keys, probs)
+            return rearrange(bits.astype(jnp.float32), "b h w k -> b (h w) k")
 
         n = len(images)
-        index = np.arange(first_index, first_index + n, dtype=np.int32)
-        out = self._jit(("encode", deterministic), fn)(self.bae_params, self._pad(images),
-                                                       jnp.uint32(seed), self._pad(index))
+        out = self._jit(("encode", deterministic), fn)(self.tok_params, self._pad(images), jnp.uint32(seed),
+                                                       self._pad(self._sample_index(first_index, n)))
         return np.asarray(out)[:n]
 
     def edit(self, images, keep_mask, labels=None, seed: int = 0,
@@ -428,16 +370,15 @@ class BiGRSampler:
         unknown ones and leaves a final fill pass otherwise; the default budgets the UNKNOWN
         tokens, so every unknown token is generated once and known ones are kept."""
         images = self._images(images)
-        known = keep_mask_tokens(keep_mask, self.bae.grid_size, len(images), self.bae.img_size)
+        bae = self.tokenizer
+        known = keep_mask_tokens(keep_mask, bae.grid_size, len(images), bae.img_size)
         return self.edit_tokens(self.encode(images, seed), known, labels, seed, official_budget)
 
     def edit_tokens(self, tokens, known, labels=None, seed: int = 0,
                     official_budget: bool = False) -> BiGRSampleOutput:
         """`edit` on tokens (B, N, K) with a known-token mask (B, N)."""
         tokens, known = np.asarray(tokens, np.float32), np.asarray(known, bool)
-        b = len(tokens)
-        labels = self.check_labels(np.full((b,), self.model.num_classes) if labels is None
-                                   else np.broadcast_to(labels, (b,)))
+        labels = self._edit_labels(labels, len(tokens))
         budget = known.sum(axis=1) if official_budget else (~known).sum(axis=1)
         counts = np.stack([reveal_counts(int(m), self.settings.num_iter, "linear") for m in budget])
         final_fill = bool(official_budget and np.any(budget < (~known).sum(axis=1)))
@@ -450,17 +391,12 @@ class BiGRSampler:
         their tokens re-generated in 4 groups of sub-positions of every r×r token block, each
         group in-painted while the rest is kept; repeated `rounds` times, chained, with seeds
         seed + round. Images of another size are resized (bilinear) to the model's size first."""
-        from bigvar.nn.resize import resize_matrix
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
-        size = self.bae.img_size
+        images = self._image_batch(images)
+        size = self.tokenizer.img_size
         if images.shape[1] != size:
             m = resize_matrix("bilinear", images.shape[1], size)
             images = np.einsum("oh,bhwc,pw->bopc", m, images, m).astype(np.float32)
-        grid, r = self.bae.grid_size, downsample_rate
+        grid, r = self.tokenizer.grid_size, downsample_rate
         if grid % r:
             raise ValueError(f"downsample_rate {r} must divide the {grid}×{grid} token grid")
         tokens, out = self.encode(images, seed), None
@@ -477,14 +413,12 @@ class BiGRSampler:
 
     def inpaint(self, images, box, labels=None, seed: int = 0, official_budget: bool = False):
         """Regenerates the box (y0, x0, y1, x1), fractions of the side; keeps the rest."""
-        from bigvar.sampling.edit import box_mask
-        keep = box_mask(self.bae.grid_size, box, inpainting=True)
+        keep = box_mask(self.tokenizer.grid_size, box, inpainting=True)
         return self.edit(images, keep, labels, seed, official_budget)
 
     def outpaint(self, images, box, labels=None, seed: int = 0, official_budget: bool = False):
         """Keeps the box (y0, x0, y1, x1) and regenerates everything around it."""
-        from bigvar.sampling.edit import box_mask
-        keep = box_mask(self.bae.grid_size, box, inpainting=False)
+        keep = box_mask(self.tokenizer.grid_size, box, inpainting=False)
         return self.edit(images, keep, labels, seed, official_budget)
 
     def features(self, images, layer_index: int, seed: int = 0, deterministic: bool = True,
@@ -493,12 +427,13 @@ class BiGRSampler:
         `layer_index` for the image's tokens under the null class, mean-pooled (B, D)."""
         from bigvar.models.bigr import features
         tokens = self.encode(images, seed, deterministic=deterministic)
-        model = self.model
+        model = self.generator
         labels = np.full((len(tokens),), model.num_classes, np.int32)
 
         def fn(params, tokens, labels):
             h = features(model, params, tokens, labels, layer_index)
             return jnp.mean(h, axis=1) if pooled else h
 
-        out = self._jit(("features", layer_index, pooled), fn)(self.params, self._pad(tokens), self._pad(labels))
+        out = self._jit(("features", layer_index, pooled), fn)(self.gen_params, self._pad(tokens),
+                                                               self._pad(labels))
         return np.asarray(out)[:len(tokens)]

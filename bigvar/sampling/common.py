@@ -1,7 +1,9 @@
-"""What the VAR and BiGR samplers share: per-sample random keys, label checks, batch placement."""
+"""What the VAR and BiGR samplers share: per-sample random keys, label checks, pixel conversion,
+and the `Sampler` base class (models, settings, params and batches on the mesh, compiled calls)."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bigvar import parallel
@@ -22,18 +24,77 @@ def check_labels(labels, num_classes: int) -> np.ndarray:
     return labels
 
 
-class MeshPlacement:
-    """Puts params on every device and batches split over the data axes, padded to a multiple
-    of their size (the padding rows repeat the last one and are dropped from the outputs)."""
+def to_uint8(images: jax.Array, pixel_range: tuple[float, float]) -> jax.Array:
+    """Images in [low, high] → uint8 as the official code: round((x − low)·255/(high − low)),
+    clipped; i.e. round((x + 1)·127.5) for [−1, 1] and round(x·255) for [0, 1]."""
+    low, high = pixel_range
+    return jnp.clip(jnp.round((images - low) * (255.0 / (high - low))), 0, 255).astype(jnp.uint8)
 
-    def __init__(self, mesh=None):
+
+def from_uint8(images: np.ndarray, pixel_range: tuple[float, float]) -> np.ndarray:
+    """uint8 images → float32 in [low, high]: x/127.5 − 1 for [−1, 1], x/255 for [0, 1]."""
+    low, high = pixel_range
+    return images.astype(np.float32) / (255.0 / (high - low)) + low
+
+
+class Sampler:
+    """The public samplers' common part: the generator, its tokenizer and the settings; params
+    replicated on every device; batches split over the mesh's data axes and padded to a multiple
+    of their size (the padding rows repeat the last one and are cut from the outputs); label
+    checks; one compiled function per kind of call; input images as uint8 or as floats in the
+    tokenizer's `pixel_range`."""
+
+    pixel_range: tuple[float, float]  # the tokenizer's image range, set by each subclass
+
+    def __init__(self, generator, tokenizer, gen_params, tok_params, settings, mesh=None):
+        self.generator, self.tokenizer, self.settings = generator, tokenizer, settings
         self.mesh = mesh if mesh is not None else parallel.make_mesh({"data": -1})
         self._replicated = parallel.replicated(self.mesh)
-        self._batch = parallel.batch_sharding(self.mesh)
-        self._multiple = parallel.data_parallel_size(self.mesh)
+        self._batch_sharding = parallel.batch_sharding(self.mesh)
+        self._batch_multiple = parallel.data_parallel_size(self.mesh)
+        self._jitted = {}
+        self.set_params(gen_params, tok_params)
 
-    def replicate(self, tree):
-        return jax.device_put(tree, self._replicated)
+    def set_params(self, gen_params, tok_params) -> None:
+        """New weights of the same shapes (e.g. during training): compiled samplers are reused."""
+        self.gen_params = jax.device_put(gen_params, self._replicated)
+        self.tok_params = jax.device_put(tok_params, self._replicated)
 
-    def batch(self, x):
-        return jax.device_put(parallel.pad_to_multiple(np.asarray(x), self._multiple), self._batch)
+    def check_labels(self, labels) -> np.ndarray:
+        return check_labels(labels, self.generator.num_classes)
+
+    def _edit_labels(self, labels, batch: int) -> np.ndarray:
+        """One class id per edited image: `labels` broadcast, or the null class (unconditional)."""
+        labels = np.full((batch,), self.generator.num_classes) if labels is None else labels
+        return self.check_labels(np.broadcast_to(labels, (batch,)))
+
+    def _image_batch(self, images) -> np.ndarray:
+        """(B, H, W, 3) images from one image or a batch; uint8 becomes float32 in `pixel_range`,
+        floats are taken as they are."""
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.dtype == np.uint8:
+            images = from_uint8(images, self.pixel_range)
+        return images
+
+    def _pad(self, x) -> jax.Array:
+        """A batch on the mesh, padded to a multiple of the data-parallel size."""
+        return jax.device_put(parallel.pad_to_multiple(np.asarray(x), self._batch_multiple),
+                              self._batch_sharding)
+
+    @staticmethod
+    def _sample_index(first_index: int, n: int) -> np.ndarray:
+        """Global sample indices of a batch: they alone (with the seed) decide its random draws."""
+        return np.arange(first_index, first_index + n, dtype=np.int32)
+
+    @staticmethod
+    def _unpad(outputs, n: int):
+        """A NamedTuple of outputs (arrays or None) as NumPy, without the padding rows."""
+        return type(outputs)(*(None if x is None else np.asarray(x)[:n] for x in outputs))
+
+    def _jit(self, key, fn):
+        """`jax.jit(fn)`, made once per `key`, which names everything static that fn closes over."""
+        if key not in self._jitted:
+            self._jitted[key] = jax.jit(fn)
+        return self._jitted[key]

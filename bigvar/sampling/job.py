@@ -23,39 +23,63 @@ import os
 import threading
 import time
 
+import jax
 import ml_collections
 import numpy as np
 import tqdm
 
-from bigvar import configs, parallel, params
-from bigvar.errors import UserError
+from bigvar import config_lib, models, parallel, weights
+from bigvar.errors import UserError, invalid
 from bigvar.images import make_grid, save_png
+from bigvar.rundir import atomic_write
 from bigvar.sampling.bigr import BiGRSamplingSettings, BiGRSampler
 from bigvar.sampling.var import SamplingSettings, VARSampler
 from bigvar.train.checkpoints import array_checksums
-from bigvar.utils import atomic_write
 
 JOB_FILE = "job.json"
 
 
-def make_sampler(config: ml_collections.ConfigDict, mesh):
-    """The model's sampler (VARSampler or BiGRSampler) with the config's weights and settings."""
-    generator, tokenizer = params.build_models(config)
-    gen_params, tok_params = params.load_params(config, generator, tokenizer, mesh)
-    return make_sampler_from_params(config, generator, tokenizer, gen_params, tok_params, mesh)
+def validate_sample_section(sample: ml_collections.ConfigDict, num_classes: int) -> None:
+    """The job's fields of `config.sample` (the sampler's settings check themselves)."""
+    bad = [c for c in sample.classes if not 0 <= c < num_classes]
+    if bad:
+        invalid("sample.classes", tuple(sample.classes),
+                f"class ids in [0, {num_classes}) (got {bad}); use () for every class")
+    if sample.images_per_class < 1 or sample.batch_size < 1:
+        invalid("sample.images_per_class/batch_size", (sample.images_per_class, sample.batch_size),
+                "≥ 1")
+
+
+def load_params(config: ml_collections.ConfigDict, generator, tokenizer, mesh):
+    """(generator, tokenizer) params from `config.init_from`, replicated on the mesh, or random
+    ones for smoke tests (`allow_random_init`)."""
+    gen_key, tok_key = models.SECTIONS[config.model]
+    if config.init_from:
+        weights.check_architecture(config, weights.load_config(config.init_from),
+                                   f"--config.init_from={config.init_from}")
+        shapes = dict(zip((gen_key, tok_key), models.param_shapes(generator, tokenizer)))
+        target = jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), shapes)
+        params = weights.load_weights(config.init_from, target)
+        return params[gen_key], params[tok_key]
+    if not config.allow_random_init:
+        example = ("python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_L_d24.pt --out=DIR"
+                   if config.model == "bigr" else
+                   "python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=DIR")
+        raise UserError(f"no weights: set --config.init_from=DIR to a directory written by `{example}` "
+                        "(or --config.allow_random_init=True for a smoke test with random weights)")
+    logging.warning("sampling from RANDOM weights (config.allow_random_init): images are noise")
+    return jax.device_put(models.init_params(generator, tokenizer, config.seed),
+                          parallel.replicated(mesh))
 
 
 def make_sampler_from_params(config: ml_collections.ConfigDict, generator, tokenizer, gen_params,
                              tok_params, mesh):
     """The sampler for models and params already at hand (e.g. the trainer's sample grids)."""
-    s = config.sample
     if config.model == "bigr":
-        settings = BiGRSamplingSettings(
-            num_iter=s.num_iter, cfg=s.cfg, cfg_schedule=s.cfg_schedule, gumbel=s.gumbel,
-            gumbel_schedule=s.gumbel_schedule, temperature=s.temperature,
-            diffusion_steps=s.diffusion_steps, transcoder_steps=s.transcoder_steps)
+        settings = BiGRSamplingSettings.from_config(config.sample)
         return BiGRSampler(generator, tokenizer, gen_params, tok_params, settings, mesh)
-    settings = SamplingSettings(cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, more_smooth=s.more_smooth)
+    settings = SamplingSettings.from_config(config.sample)
     return VARSampler(generator, tokenizer, gen_params, tok_params, settings, mesh)
 
 
@@ -120,17 +144,17 @@ def _load_part(path: str, index: np.ndarray, digest: str):
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    configs.validate(config)
+    config_lib.validate(config)
     mesh = parallel.make_mesh(config.mesh)
-    generator, tokenizer = params.build_models(config)
-    gen_params, tok_params = params.load_params(config, generator, tokenizer, mesh)
+    generator, tokenizer = models.build(config)
+    gen_params, tok_params = load_params(config, generator, tokenizer, mesh)
     sampler = make_sampler_from_params(config, generator, tokenizer, gen_params, tok_params, mesh)
     s = config.sample
     labels = class_labels(config)
     n = len(labels)
     batch = min(s.batch_size, n)
-    weights = _digest(array_checksums((gen_params, tok_params)))
-    identity = job_identity(config, labels, batch, sampler, weights)
+    weights_digest = _digest(array_checksums((gen_params, tok_params)))
+    identity = job_identity(config, labels, batch, sampler, weights_digest)
     digest = _digest(identity)
 
     out_dir = os.path.join(workdir, "samples")

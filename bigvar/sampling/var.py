@@ -19,11 +19,15 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
+from bigvar.errors import invalid
 from bigvar.models.var import VAR
-from bigvar.sampling.common import MeshPlacement, check_labels, per_sample_keys
+from bigvar.sampling.common import Sampler, per_sample_keys, to_uint8
 from bigvar.sampling.edit import box_mask, scale_keep_masks
 from bigvar.tokenizers.msvq import MultiScaleVQVAE
+
+PIXEL_RANGE = MultiScaleVQVAE.VALUE_RANGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +42,16 @@ class SamplingSettings:
 
     def __post_init__(self):
         if self.cfg < 0:
-            raise ValueError(f"cfg must be ≥ 0 (0 disables guidance); got {self.cfg}")
+            invalid("sample.cfg", self.cfg, "≥ 0 (0 disables guidance)")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be ≥ 0 (0 disables it); got {self.top_k}")
+            invalid("sample.top_k", self.top_k, "≥ 0 (0 disables top-k)")
         if not (self.top_p == 0 or 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1], or 0 to disable it; got {self.top_p}")
+            invalid("sample.top_p", self.top_p, "a value in (0, 1], or 0 to disable top-p")
+
+    @classmethod
+    def from_config(cls, sample) -> SamplingSettings:
+        """The settings in a `config.sample` section (its other fields belong to the job)."""
+        return cls(**{field.name: sample[field.name] for field in dataclasses.fields(cls)})
 
 
 class EditGuide(NamedTuple):
@@ -101,11 +110,6 @@ def sample_from_logits(key: jax.Array, logits: jax.Array) -> jax.Array:
     return jnp.minimum(idx, last_valid).astype(jnp.int32)
 
 
-def to_uint8(img: jax.Array) -> jax.Array:
-    """[−1, 1] → uint8 via the official (x + 1)/2 in [0, 1], then round(·255)."""
-    return jnp.clip(jnp.round((img + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
 def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_params, vae_params,
            labels: jax.Array, seed: jax.Array, sample_index: jax.Array,
            edit: EditGuide | None = None, return_logits: bool = False) -> SampleOutput:
@@ -142,7 +146,7 @@ def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_param
         logits, (new_k, new_v) = run(VAR.step, x, cond, past)
         cache_k = cache_k.at[:, :, start:end].set(new_k.astype(var.dtype))
         cache_v = cache_v.at[:, :, start:end].set(new_v.astype(var.dtype))
-        logits = logits.reshape(b, pairs, pn * pn, -1)
+        logits = rearrange(logits, "(b pair) l v -> b pair l v", pair=pairs)
         if return_logits:
             all_logits.append(logits[:, 0])
         ratio = si / max(k_scales - 1, 1)
@@ -166,60 +170,50 @@ def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_param
             h = jnp.where(keep[..., None], embed(edit.gt_idx[si]), h)
         tokens.append(idx)
 
-        f_hat, nxt = vae.apply(vae_params, si, f_hat, h.reshape(b, pn, pn, -1),
+        f_hat, nxt = vae.apply(vae_params, si, f_hat, rearrange(h, "b (h w) c -> b h w c", h=pn),
                                method=MultiScaleVQVAE.next_autoregressive_input)
         if si != k_scales - 1:
-            x = run(VAR.embed_next, nxt.reshape(b, -1, vae.z_channels), end)
+            x = run(VAR.embed_next, rearrange(nxt, "b h w c -> b (h w) c"), end)
             x = jnp.repeat(x, pairs, axis=0)  # the same tokens feed both CFG halves
 
-    images = to_uint8(vae.apply(vae_params, f_hat, method=MultiScaleVQVAE.fhat_to_img))
+    images = to_uint8(vae.apply(vae_params, f_hat, method=MultiScaleVQVAE.fhat_to_img), PIXEL_RANGE)
     logits_out = jnp.concatenate(all_logits, axis=1) if return_logits else None
     return SampleOutput(images, jnp.concatenate(tokens, axis=1), logits_out)
 
 
-class VARSampler:
-    """Public sampling API: validated inputs, one jitted sampler per input shape, the batch
-    sharded over the mesh's data axes and padded to a multiple of their size.
+class VARSampler(Sampler):
+    """VAR's public sampling API: generation and zero-shot editing, one jitted `sample` per kind
+    of call (params, batch sharding, label checks and the jit cache come from `Sampler`).
 
         sampler = VARSampler(var, vae, var_params, vae_params, SamplingSettings(cfg=4))
         out = sampler.generate([980, 437], seed=0)        # out.images: (2, 256, 256, 3) uint8
         out = sampler.inpaint(images, box=(0.1, 0.1, 0.8, 0.8))
     """
 
+    pixel_range = PIXEL_RANGE
+
     def __init__(self, var: VAR, vae: MultiScaleVQVAE, var_params, vae_params,
                  settings: SamplingSettings = SamplingSettings(), mesh=None):
-        self.var, self.vae, self.settings = var, vae, settings
-        self.place = MeshPlacement(mesh)
-        self.mesh = self.place.mesh
-        self.set_params(var_params, vae_params)
-        self._jitted = {}
-
-    def set_params(self, var_params, vae_params) -> None:
-        """New weights of the same shapes (e.g. during training): compiled samplers are reused."""
-        self.var_params = self.place.replicate(var_params)
-        self.vae_params = self.place.replicate(vae_params)
+        super().__init__(var, vae, var_params, vae_params, settings, mesh)
 
     @property
     def image_size(self) -> int:
-        return self.vae.spec.latent_size * self.vae.downsample
-
-    def check_labels(self, labels) -> np.ndarray:
-        return check_labels(labels, self.var.num_classes)
+        return self.tokenizer.spec.latent_size * self.tokenizer.downsample
 
     def _run(self, labels, seed: int, first_index: int, edit: EditGuide | None, return_logits: bool):
         n = len(labels)
-        index = np.arange(first_index, first_index + n, dtype=np.int32)
-        pad = self.place.batch
         if edit is not None:
-            edit = EditGuide([pad(g) for g in edit.gt_idx], [pad(k) for k in edit.keep])
-        key = (edit is None, return_logits)
-        if key not in self._jitted:
-            self._jitted[key] = jax.jit(
-                lambda vp, qp, l, s, i, e: sample(self.var, self.vae, self.settings, vp, qp, l, s, i,
-                                                  e, return_logits=return_logits))
-        out = self._jitted[key](self.var_params, self.vae_params, pad(labels),
-                                jnp.uint32(seed), pad(index), edit)
-        return SampleOutput(*(None if x is None else np.asarray(x)[:n] for x in out))
+            edit = EditGuide([self._pad(g) for g in edit.gt_idx], [self._pad(k) for k in edit.keep])
+        var, vae, settings = self.generator, self.tokenizer, self.settings
+
+        def fn(var_params, vae_params, labels, seed, index, guide):
+            return sample(var, vae, settings, var_params, vae_params, labels, seed, index, guide,
+                          return_logits=return_logits)
+
+        out = self._jit((edit is None, return_logits), fn)(
+            self.gen_params, self.tok_params, self._pad(labels), jnp.uint32(seed),
+            self._pad(self._sample_index(first_index, n)), edit)
+        return self._unpad(out, n)
 
     def generate(self, labels, seed: int = 0, first_index: int = 0,
                  return_logits: bool = False) -> SampleOutput:
@@ -236,24 +230,21 @@ class VARSampler:
         images: (B, H, W, 3) uint8, or float in [−1, 1]. keep_mask: the last scale's token grid
         (h, h) or (B, h, h), or a pixel mask (H, W) / (B, H, W) (area-averaged to the grid).
         """
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 127.5 - 1.0
+        images = self._image_batch(images)
         b = images.shape[0]
-        labels = np.full((b,), self.var.num_classes) if labels is None else np.broadcast_to(labels, (b,))
-        labels = self.check_labels(labels)
-        gt = self.vae.apply(self.vae_params, jnp.asarray(images, jnp.float32),
-                            method=MultiScaleVQVAE.img_to_idx)
-        keep = scale_keep_masks(keep_mask, self.vae.spec.patch_nums, b, self.image_size)
+        labels = self._edit_labels(labels, b)
+        gt = self.tokenizer.apply(self.tok_params, jnp.asarray(images, jnp.float32),
+                                  method=MultiScaleVQVAE.img_to_idx)
+        keep = scale_keep_masks(keep_mask, self.tokenizer.spec.patch_nums, b, self.image_size)
         return self._run(labels, seed, first_index, EditGuide([np.asarray(g) for g in gt], keep),
                          return_logits)
 
     def inpaint(self, images, box, labels=None, seed: int = 0) -> SampleOutput:
         """Regenerates the box (y0, x0, y1, x1), fractions of the image side; keeps the rest."""
-        return self.edit(images, box_mask(self.vae.spec.latent_size, box, inpainting=True), labels, seed)
+        keep = box_mask(self.tokenizer.spec.latent_size, box, inpainting=True)
+        return self.edit(images, keep, labels, seed)
 
     def outpaint(self, images, box, labels=None, seed: int = 0) -> SampleOutput:
         """Keeps the box (y0, x0, y1, x1) and regenerates everything around it."""
-        return self.edit(images, box_mask(self.vae.spec.latent_size, box, inpainting=False), labels, seed)
+        keep = box_mask(self.tokenizer.spec.latent_size, box, inpainting=False)
+        return self.edit(images, keep, labels, seed)

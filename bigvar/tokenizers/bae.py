@@ -16,8 +16,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bigvar.errors import invalid
 from bigvar.nn.convnet import (HIGHEST, Downsample, ResBlock, Upsample, conv, group_norm,
                                 spatial_attention)
+
+
+def config_section(*, codebook_size: int, img_size: int = 256) -> dict:
+    """`config.bae`, the `BinaryAutoEncoder` fields: the released B-AE (nf 128, emb 256, 16×
+    downsampling, attention at 16×16) with K bits per token at `img_size` px."""
+    return dict(codebook_size=codebook_size, nf=128, emb_dim=256, ch_mult=(1, 1, 2, 2, 4),
+                res_blocks=2, attn_resolutions=(16,), img_size=img_size, norm_first=True)
+
+
+def validate_section(b, name: str = "bae") -> None:
+    if b.nf % 32:
+        invalid(f"{name}.nf", b.nf, "a multiple of 32 (GroupNorm uses 32 groups)")
+    down = 2 ** (len(b.ch_mult) - 1)
+    if b.img_size % down:
+        invalid(f"{name}.img_size", b.img_size, f"a multiple of the downsampling {down}")
 
 
 class Layer(NamedTuple):
@@ -99,6 +115,7 @@ class LayerStack(nn.Module):
 
 class BinaryAutoEncoder(nn.Module):
     """Defaults are the released B-AE (nf 128, emb 256, 16× downsampling) with K = 24 at 256 px."""
+    VALUE_RANGE = (0.0, 1.0)  # of the images it encodes and decodes (not a field)
     codebook_size: int = 24
     nf: int = 128
     emb_dim: int = 256
@@ -165,7 +182,7 @@ class BinaryQuantizer(nn.Module):
 
 def bernoulli_bits(key: jax.Array, probs: jax.Array) -> jax.Array:
     """Stochastic binarization b ~ Bernoulli(p), as float32 {0, 1}."""
-    return (jax.random.uniform(key, probs.shape) < probs).astype(jnp.float32)
+    return jax.random.bernoulli(key, probs).astype(jnp.float32)
 
 
 def deterministic_bits(probs: jax.Array) -> jax.Array:

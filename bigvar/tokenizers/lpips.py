@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bigvar import checkpoint
+from bigvar import weights
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -140,11 +140,11 @@ def lpips_shapes() -> dict:
 def load_lpips(weights_dir: str) -> dict:
     """Variables ({"params": …}, NumPy arrays) for `LPIPS().apply(variables, x, y)` from a
     directory written by `python -m bigvar.convert lpips`; shapes are checked key by key."""
-    if not os.path.isfile(os.path.join(weights_dir, checkpoint.CONFIG)):
+    if not os.path.isfile(os.path.join(weights_dir, weights.CONFIG)):
         raise FileNotFoundError(f"{weights_dir} is not an LPIPS weights directory (no "
-                                f"{checkpoint.CONFIG}). {HOW_TO_GET.format(out=weights_dir)}")
-    model = checkpoint.load_config(weights_dir).get("model")
+                                f"{weights.CONFIG}). {HOW_TO_GET.format(out=weights_dir)}")
+    model = weights.load_config(weights_dir).get("model")
     if model != "lpips":
         raise ValueError(f"{weights_dir} holds {model!r} weights, not LPIPS. "
                          f"{HOW_TO_GET.format(out='DIR')}")
-    return checkpoint.load_weights(weights_dir, {"lpips": lpips_shapes()})["lpips"]
+    return weights.load_weights(weights_dir, {"lpips": lpips_shapes()})["lpips"]

@@ -14,9 +14,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigvar.errors import invalid
 from bigvar.nn.convnet import (HIGHEST, Downsample, ResBlock, Upsample, conv, group_norm,
                                 spatial_attention)
 from bigvar.nn.resize import resize_nhwc
+
+
+def config_section(ch: int = 160, vocab_size: int = 4096) -> dict:
+    """`config.vae`: the released `vae_ch160v4096z32` (shared by every VAR release, 256 and 512
+    px). `MultiScaleVQVAE(**section)`; a VAR config keeps the scales in `config.var.patch_nums`,
+    a tokenizer-training config adds `patch_nums` here."""
+    return dict(vocab_size=vocab_size, z_channels=32, ch=ch, ch_mult=(1, 1, 2, 2, 4),
+                num_res_blocks=2, quant_resi=0.5, share_quant_resi=4)
+
+
+def validate_section(q, name: str = "vae") -> None:
+    if "patch_nums" in q:
+        pns = tuple(q.patch_nums)
+        if not pns or list(pns) != sorted(set(pns)) or pns[0] < 1:
+            invalid(f"{name}.patch_nums", pns, "strictly increasing positive ints")
+    if q.ch % 32:
+        invalid(f"{name}.ch", q.ch, "a multiple of 32 (GroupNorm uses 32 groups)")
+
 
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with a fused [q | k | v] 1×1 conv."""
@@ -159,6 +178,7 @@ class MultiScaleVQVAE(nn.Module):
 
     Defaults are the released `vae_ch160v4096z32` except `ch`, which the configs set.
     """
+    VALUE_RANGE = (-1.0, 1.0)  # of the images it encodes and decodes (not a field)
     vocab_size: int = 4096
     z_channels: int = 32
     ch: int = 160

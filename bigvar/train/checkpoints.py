@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from bigvar.errors import UserError
@@ -49,7 +48,7 @@ def _words(x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _checksums(state):
+def device_checksums(state):
     """Two uint32 sums per array: of its words and of its words weighted by (2·position + 1), so a
     flipped bit and a moved word both show. Integer sums wrap exactly, so the result does not
     depend on the sharding or the reduction order: a checkpoint verifies on any mesh."""
@@ -67,7 +66,7 @@ def _checksums(state):
 
 def array_checksums(state: Any) -> dict[str, str]:
     """{array path: 16 hex digits} of a pytree of arrays."""
-    sums = jax.device_get(_checksums(state))
+    sums = jax.device_get(device_checksums(state))
     flat = jax.tree_util.tree_flatten_with_path(sums)[0]
     return {_path_name(path): f"{int(v[0]):08x}{int(v[1]):08x}" for path, v in flat}
 
@@ -183,31 +182,53 @@ class Checkpoints:
 
 
 class PreemptionFlag:
-    """Set by SIGTERM (what Cloud TPU, Kubernetes and SLURM send before taking a machine away)
-    and SIGINT; the train loop checks it every step, saves and exits cleanly."""
+    """Stops training cleanly on SIGTERM (what Cloud TPU, Kubernetes and SLURM send before taking
+    a machine away) or SIGINT: the loop asks `reached(step)` after every step and, when it is
+    True, saves a checkpoint of that step and exits.
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    One process: a Python handler sets a flag, so the step that is running when the signal
+    arrives is the last one.
+    N processes (`jax.distributed.initialize` ran): every process must save the same step (orbax
+    saves are collective), whichever of them got the signal. JAX's preemption sync manager agrees
+    on it without a collective per step: `jax.distributed.initialize` installed its own SIGTERM
+    handler, which tells the coordination service; every process then reports the last step it
+    passed to `reached`, and `multihost_utils.reached_preemption_sync_point` turns True on every
+    process at the step after the furthest one. So no Python SIGTERM handler is installed here
+    (it would replace JAX's), and SIGINT is passed on as a SIGTERM to this process so that
+    Ctrl-C stops every process at the same step too. (orbax's `CheckpointManager.
+    reached_preemption` makes the same call but treats a disabled preemption service as "no
+    preemption", which would ignore SIGTERM; JAX's raises.)
+    """
+
+    def __init__(self, step: int, signals=(signal.SIGTERM, signal.SIGINT)):
+        """`step`: the step training starts from (the same on every process)."""
+        self._multiprocess = jax.process_count() > 1
         self._event = threading.Event()
         self._previous = {}
+        if self._multiprocess:
+            # Reports the starting step, so that a signal before the first `reached` stops after
+            # one step; raises if JAX's preemption service is off (signals would be ignored).
+            self.reached(step)
         if threading.current_thread() is threading.main_thread():
             for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if not (self._multiprocess and sig == signal.SIGTERM):
+                    self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         logging.warning("received signal %d: saving a checkpoint and stopping", signum)
-        self._event.set()
+        if self._multiprocess:
+            signal.raise_signal(signal.SIGTERM)  # to JAX's handler, which tells the other processes
+        else:
+            self._event.set()
 
-    def __bool__(self) -> bool:
+    def reached(self, step: int) -> bool:
+        """True when training should save `step` and stop; with several processes, True at the
+        same step on all of them. Call it after every step, with consecutive steps."""
+        if self._multiprocess:
+            from jax.experimental import multihost_utils
+            if multihost_utils.reached_preemption_sync_point(step):
+                self._event.set()
         return self._event.is_set()
-
-    def agreed(self) -> bool:
-        """True when any process got the signal. Every process must then save the same step
-        (orbax saves are collective), so with several processes the flag is all-gathered."""
-        local = self._event.is_set()
-        if jax.process_count() == 1:
-            return local
-        from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
 
     def restore_handlers(self) -> None:
         for sig, handler in self._previous.items():

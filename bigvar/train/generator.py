@@ -5,81 +5,27 @@
   2. `run`: the frozen tokenizer, restore-or-init and the step of each progressive stage,
      handed to `loop.run_loop` (data, progress bar, metrics, grids, checkpoints, SIGTERM).
 
-The train state is a dict {step, params, opt_state[, ema]}; params are sharded by their logical
-axis names (`config.axis_rules`) on the mesh `config.mesh`, batches over data × fsdp. The step's
-randomness is fold_in(seed, step) and the data iterator's state is checkpointed, so a killed and
-restarted run continues exactly as if it had never stopped.
+The train state is a dict {step, params, opt_state[, ema]} (`train/state.py`); params are
+sharded by their logical axis names (`config.axis_rules`) on the mesh `config.mesh`, batches
+over data × fsdp. The step's randomness is fold_in(seed, step) and the data iterator's state
+is checkpointed, so a killed and restarted run continues exactly as if it had never stopped.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import linen as nn
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from bigvar import checkpoint, configs, parallel, params as params_lib, rundir
-from bigvar.train import loop, losses, optim
-from bigvar.train.loop import NonFiniteLoss  # noqa: F401  (re-exported for callers)
+from bigvar import config_lib, models, parallel, weights
+from bigvar.models import run_init
+from bigvar.train import loop, losses, optim, state as state_lib
 from bigvar.train.init import bigr_official_init, var_official_init
-from bigvar.utils import run_init, unbox
-
-
-# ---- schedule arithmetic (host side) ---------------------------------------------------------
-def steps_per_epoch(config: ml_collections.ConfigDict, dataset_size: int) -> int:
-    return max(dataset_size // config.train.batch_size, 1)
-
-
-def total_steps(config: ml_collections.ConfigDict, dataset_size: int) -> int:
-    t = config.train
-    return int(t.steps) if t.steps > 0 else int(t.epochs * steps_per_epoch(config, dataset_size))
-
-
-def peak_lr(config: ml_collections.ConfigDict) -> float:
-    t = config.train
-    return t.lr if t.lr > 0 else t.tblr * t.batch_size / 256
-
-
-class Schedules:
-    """Learning rate, weight decay and progressive-training stage as functions of the step."""
-
-    def __init__(self, config: ml_collections.ConfigDict, dataset_size: int):
-        t = config.train
-        self.max_it = total_steps(config, dataset_size)
-        per_epoch = steps_per_epoch(config, dataset_size)
-        epochs = self.max_it / per_epoch
-        self.wp_it = (t.warmup_epochs or epochs / 50) * per_epoch
-        self.peak = peak_lr(config)
-        self.schedule = f"lin{t.pg:g}" if t.pg > 0 else t.schedule
-        self.wd, self.wd_end = t.twd, (t.twde or t.twd)
-        self.wp0, self.wpe = t.wp0, t.wpe
-        self.num_scales = len(config.var.patch_nums) if config.model == "var" else 1
-        self.pg, self.pg0 = t.pg, t.pg0
-        self.stage_warmup_it = (t.pgwp or epochs / 300) * per_epoch
-
-    def lr(self, it):
-        if self.schedule == "constant":
-            return jnp.float32(self.peak) if isinstance(it, jax.Array) else self.peak
-        return self.peak * optim.var_lr_ratio(it, schedule=self.schedule, max_it=self.max_it,
-                                              wp_it=self.wp_it, wp0=self.wp0, wpe=self.wpe)
-
-    def weight_decay(self, it):
-        return optim.var_weight_decay(it, max_it=self.max_it, wd=self.wd, wd_end=self.wd_end)
-
-    def stage(self, it: int) -> tuple[int, float]:
-        """(progressive stage, prog_wp) at step `it`; (K − 1, 1.0) without progressive training."""
-        kw = dict(pg=self.pg, pg0=self.pg0, num_scales=self.num_scales, max_it=self.max_it,
-                  wp_it=self.wp_it)
-        if not self.pg:
-            return self.num_scales - 1, 1.0
-        return (optim.progressive_stage(it, **kw),
-                optim.progressive_weight(it, stage_warmup_it=self.stage_warmup_it, **kw))
 
 
 # ---- the computation -------------------------------------------------------------------------
@@ -89,9 +35,9 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, mesh, dataset_size: int):
         self.config, self.mesh = config, mesh
         self.model = config.model
-        self.generator, self.tokenizer = params_lib.build_models(config)
+        self.generator, self.tokenizer = models.build(config)
         self.rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.axis_rules)
-        self.schedules = Schedules(config, dataset_size)
+        self.schedules = optim.Schedules(config, dataset_size)
         t = config.train
         self.tx = optim.adamw(
             learning_rate=self.schedules.lr, weight_decay=self.schedules.weight_decay,
@@ -102,7 +48,7 @@ class Trainer:
             self.generator, self.tokenizer)
         self.ema_decay = float(t.ema_decay)
         self.grad_accum = int(t.grad_accum)
-        self._gen_init, self._tok_init = params_lib.init_fns(self.generator, self.tokenizer)
+        self._gen_init, self._tok_init = models.init_fns(self.generator, self.tokenizer)
         self.state_shardings = self._state_shardings()
         self.tokenizer_sharding = jax.tree_util.tree_map(
             lambda _: parallel.replicated(mesh), self.abstract_tokenizer_params())
@@ -112,7 +58,7 @@ class Trainer:
     def _state_shardings(self):
         boxed = jax.eval_shape(self._gen_init, jax.random.PRNGKey(0))
         param_sh = parallel.logical_shardings(boxed, self.mesh, self.rules)
-        abstract_params = unbox(boxed)
+        abstract_params = nn.unbox(boxed)
         opt_sh = parallel.shardings_by_path(jax.eval_shape(self.tx.init, abstract_params), param_sh,
                                             self.mesh)
         shardings = {"step": parallel.replicated(self.mesh), "params": param_sh, "opt_state": opt_sh}
@@ -122,13 +68,10 @@ class Trainer:
 
     def abstract_state(self):
         """The train state as ShapeDtypeStructs carrying their shardings (for restore, planning)."""
-        shapes = jax.eval_shape(self._new_state, jax.random.PRNGKey(0))
-        return jax.tree_util.tree_map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-            self.state_shardings)
+        return state_lib.abstract_state(self._new_state, self.state_shardings)
 
     def abstract_tokenizer_params(self):
-        return unbox(jax.eval_shape(self._tok_init, jax.random.PRNGKey(0)))
+        return nn.unbox(jax.eval_shape(self._tok_init, jax.random.PRNGKey(0)))
 
     def _official_init(self, gen_params, key):
         t, c = self.config.train, self.config
@@ -143,12 +86,8 @@ class Trainer:
     def _new_state(self, key, gen_params=None):
         k_init, k_official = jax.random.split(key)
         if gen_params is None:
-            gen_params = self._official_init(unbox(self._gen_init(k_init)), k_official)
-        state = {"step": jnp.zeros((), jnp.int32), "params": gen_params,
-                 "opt_state": self.tx.init(gen_params)}
-        if self.ema_decay > 0:
-            state["ema"] = jax.tree_util.tree_map(jnp.copy, gen_params)
-        return state
+            gen_params = self._official_init(nn.unbox(self._gen_init(k_init)), k_official)
+        return state_lib.new_state(gen_params, self.tx, self.ema_decay)
 
     def init_state(self, seed: int, gen_params=None):
         """A fresh state, created directly with its shardings (never whole on one device)."""
@@ -156,7 +95,9 @@ class Trainer:
                         out_shardings=self.state_shardings)
 
     # -- the step --
-    def _grads(self, params, tok_params, batch, rng, stage, prog_wp):
+    def grads(self, params, tok_params, batch, rng, stage, prog_wp):
+        """(gradients, metrics) of the loss on `batch`, averaged over `train.grad_accum`
+        micro-batches."""
         loss_fn = lambda p, b, r: self.loss_fn(p, tok_params, b, r, stage=stage, prog_wp=prog_wp,
                                                label_smoothing=self.config.train.label_smoothing)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -180,16 +121,11 @@ class Trainer:
         step = state["step"]
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), step)
         with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), nn.logical_axis_rules(self.rules):
-            grads, metrics = self._grads(state["params"], tok_params, batch, rng, stage, prog_wp)
-        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        new_params = optax.apply_updates(state["params"], updates)
-        new = {"step": step + 1, "params": new_params, "opt_state": opt_state}
-        if self.ema_decay > 0:
-            new["ema"] = optim.ema_update(state["ema"], new_params, self.ema_decay)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        # A non-finite step leaves the state untouched: what the host saves is the last good one.
-        new = jax.lax.cond(finite, lambda: new, lambda: state)
+            grads, metrics = self.grads(state["params"], tok_params, batch, rng, stage, prog_wp)
+        params, opt_state, grad_norm = state_lib.apply_gradients(state, grads, self.tx)
+        new, finite = state_lib.finish_step(
+            state, {"step": step + 1, "params": params, "opt_state": opt_state},
+            loss=metrics["loss"], grad_norm=grad_norm, ema_decay=self.ema_decay)
         metrics.update(grad_norm=grad_norm, finite=finite, lr=self.schedules.lr(step),
                        wd=self.schedules.weight_decay(step))
         return new, metrics
@@ -207,7 +143,7 @@ class Trainer:
         return self._steps[stage]
 
     def image_size(self) -> int:
-        return _image_size(self.config)
+        return config_lib.image_size(self.config)
 
     def abstract_batch(self, global_batch: int):
         sh = parallel.batch_sharding(self.mesh)
@@ -223,35 +159,35 @@ def _weights_dir_tokenizer(config) -> str:
 
 def load_tokenizer(config, trainer: Trainer):
     """The frozen tokenizer: from `tokenizer_from` (or `init_from`), or random for smoke runs."""
-    _, tok_key = params_lib.WEIGHT_KEYS[config.model]
+    _, tok_key = models.SECTIONS[config.model]
     source = _weights_dir_tokenizer(config)
     target = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         trainer.abstract_tokenizer_params(), trainer.tokenizer_sharding)
     if source:
-        stored = checkpoint.load_config(source)
+        stored = weights.load_config(source)
         flag = "tokenizer_from" if config.tokenizer_from else "init_from"
-        configs.check_architecture(config, stored, f"--config.{flag}={source}", (tok_key,))
-        return checkpoint.load_weights(source, {tok_key: target}, partial=True)[tok_key]
+        weights.check_architecture(config, stored, f"--config.{flag}={source}", (tok_key,))
+        return weights.load_weights(source, {tok_key: target}, partial=True)[tok_key]
     if not config.allow_random_init:
         raise ValueError(
             f"training needs a tokenizer: set --config.tokenizer_from=DIR to a weights directory "
             f"holding `{tok_key}` (from `python -m bigvar.convert` or a tokenizer export), or "
             "--config.allow_random_init=True to train on a random tokenizer (smoke tests only)")
     logging.warning("training on a RANDOM tokenizer (config.allow_random_init)")
-    return unbox(run_init(trainer._tok_init, jax.random.PRNGKey(config.seed + 7),
+    return nn.unbox(run_init(trainer._tok_init, jax.random.PRNGKey(config.seed + 7),
                           out_shardings=trainer.tokenizer_sharding))
 
 
 def load_finetune_params(config, trainer: Trainer):
     """Generator params from `init_from` for fine-tuning. A different number of classes is
     allowed: the class-embedding table is then re-initialised (the rest is kept)."""
-    gen_key, _ = params_lib.WEIGHT_KEYS[config.model]
-    stored = checkpoint.load_config(config.init_from)
-    configs.check_architecture(config, stored, f"--config.init_from={config.init_from}", (gen_key,),
+    gen_key, _ = models.SECTIONS[config.model]
+    stored = weights.load_config(config.init_from)
+    weights.check_architecture(config, stored, f"--config.init_from={config.init_from}", (gen_key,),
                                skip=("num_classes",))
-    loaded = checkpoint.load_weights(config.init_from)[gen_key]
-    fresh = trainer._official_init(unbox(trainer._gen_init(jax.random.PRNGKey(config.seed))),
+    loaded = weights.load_weights(config.init_from)[gen_key]
+    fresh = trainer._official_init(nn.unbox(trainer._gen_init(jax.random.PRNGKey(config.seed))),
                                    jax.random.PRNGKey(config.seed + 1))
     flat_fresh, flat_loaded = flatten_dict(fresh), flatten_dict(loaded)
     merged = {}
@@ -274,20 +210,10 @@ def load_finetune_params(config, trainer: Trainer):
 def export_weights(config, workdir: str, out_dir: str | None = None) -> str:
     """`mode=export`: the newest checkpoint's generator (its EMA when there is one) and the
     tokenizer, as a weights directory that `--config.init_from` (mode=sample) loads."""
-    with rundir.writing(workdir, config, what="export") as workdir:
-        mesh = parallel.make_mesh(config.mesh)
-        trainer = Trainer(config, mesh, dataset_size=1)
-        step, state = loop.restore_newest_state(workdir, config, trainer.abstract_state())
-        tok_params = load_tokenizer(config, trainer)
-        gen_key, tok_key = params_lib.WEIGHT_KEYS[config.model]
-        out_dir = out_dir or os.path.join(workdir, "export")
-        weights = {gen_key: state.get("ema", state["params"]), tok_key: tok_params}
-        model_config = {"model": config.model, gen_key: config[gen_key].to_dict(),
-                        tok_key: config[tok_key].to_dict(),
-                        "source": {"workdir": os.path.abspath(workdir), "step": int(step),
-                                   "weights": "ema" if "ema" in state else "params"}}
-        checkpoint.save_weights(out_dir, jax.device_get(weights), model_config, overwrite=True)
-        return out_dir
+    gen_key, tok_key = models.SECTIONS[config.model]
+    return loop.export_newest(
+        config, workdir, out_dir, Trainer,
+        lambda trainer, params: {gen_key: params, tok_key: load_tokenizer(config, trainer)})
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -312,10 +238,10 @@ def _sample_grid(trainer: Trainer, sampler_cache: dict, gen_params, tok_params) 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains until `train.steps`/`train.epochs` are done, or until SIGTERM; resumable."""
     from bigvar import data as data_lib
-    configs.validate(config)
+    config_lib.validate(config)
     mesh = parallel.make_mesh(config.mesh)
     loop.check_batch(config, mesh)
-    dataset_size = len(data_lib.make_source(config.data, _image_size(config)))
+    dataset_size = len(data_lib.make_source(config.data, config_lib.image_size(config)))
     trainer = Trainer(config, mesh, dataset_size)
     tok_params = load_tokenizer(config, trainer)
 
@@ -333,10 +259,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         image_size=trainer.image_size(), abstract_state=trainer.abstract_state(),
         init_state=init_state, step=step, grid_every=config.train.sample_every,
         grids=lambda state: {"samples": _sample_grid(
-            trainer, sampler_cache, state.get("ema", state["params"]), tok_params)})
+            trainer, sampler_cache, state_lib.shown_params(state), tok_params)})
     summary, _ = loop.run_loop(config, workdir, mesh, spec)
     return summary
 
-
-def _image_size(config) -> int:
-    return configs.image_size(config) if config.model == "var" else config.bae.img_size

@@ -6,6 +6,9 @@ every checkpoint), periodic image grids, asynchronous checkpoints, SIGTERM and t
 non-finite loss. A trainer hands it three functions: `init_state()`, `step(state, batch, i)` and
 optionally `grids(state)`; the step's randomness must be a function of the state's step so that a
 killed and restarted run continues exactly as if it had never stopped.
+
+Also here, for both trainers: `validate_train_section` (the `train` section of a config) and
+`export_newest` (`mode=export`: the newest checkpoint as a weights directory).
 """
 from __future__ import annotations
 
@@ -20,8 +23,11 @@ import jax
 import numpy as np
 import tqdm
 
-from bigvar import parallel
-from bigvar.errors import MissingFile, UserError
+from bigvar import config_lib, data as data_lib, parallel, rundir, weights
+from bigvar.images import save_png
+from bigvar.errors import MissingFile, UserError, invalid
+from bigvar.train import state as state_lib
+from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
 
 
 class NonFiniteLoss(RuntimeError):
@@ -77,9 +83,6 @@ def run_loop(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
 
 
 def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
-    from bigvar import data as data_lib
-    from bigvar.images import save_png
-    from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
     from bigvar.train.metric_writer import MetricWriter
 
     t = config.train
@@ -108,7 +111,7 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
         writer.close()
         return {**summary, "status": "already finished"}, state
 
-    stop = PreemptionFlag()
+    stop = PreemptionFlag(start)
     grids_dir = os.path.join(workdir, "samples")
     pending = None  # the previous step's metrics: read one step late so the host never waits
 
@@ -147,7 +150,7 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
             pending = (step, metrics)
             step += 1
             bar.update(1)
-            stopping = stop.agreed()
+            stopping = stop.reached(step)
             if step % t.checkpoint_every == 0 or step == spec.steps or stopping:
                 finish_pending()  # never save past a non-finite step
                 ckpts.save(step, state, {
@@ -184,16 +187,45 @@ def check_batch(config, mesh) -> None:
                          "processes")
 
 
-def restore_newest_state(workdir: str, config, abstract_state):
-    """(step, state) of the newest checkpoint in `workdir`, for export; raises if there is none."""
-    from bigvar.train.checkpoints import Checkpoints
-    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-    try:
-        restored = ckpts.restore_latest(abstract_state, with_data=False)
-    finally:
-        ckpts.close()
-    if restored is None:
-        raise MissingFile(f"no checkpoint in {ckpts.directory}: train first "
-                                "(--config.mode=train with the same --workdir)")
-    step, state, _ = restored
-    return step, state
+def validate_train_section(config, num_classes: int) -> None:
+    """The `train` section of a train config (and the data's classes, which index the model's)."""
+    t, d = config.train, config.data
+    if d.num_classes > num_classes:
+        invalid("data.num_classes", d.num_classes,
+                f"at most the model's {num_classes} classes (labels index the class embedding)")
+    if t.batch_size < 1 or t.grad_accum < 1 or t.batch_size % t.grad_accum:
+        invalid("train.batch_size", t.batch_size, f"≥ 1 and a multiple of train.grad_accum={t.grad_accum}")
+    if t.steps <= 0 and t.epochs <= 0:
+        invalid("train.steps", t.steps, "> 0, or train.epochs > 0")
+    for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        if t[field] < 1:
+            invalid(f"train.{field}", t[field], "≥ 1")
+    if not 0 <= t.ema_decay < 1:
+        invalid("train.ema_decay", t.ema_decay, "in [0, 1) (0 = no EMA)")
+
+
+def export_newest(config, workdir: str, out_dir: str | None, make_trainer: Callable,
+                  sections: Callable[[Any, Any], dict]) -> str:
+    """`mode=export` for either trainer: the newest checkpoint in `workdir`, as a weights
+    directory (`out_dir`, by default `<workdir>/export`) holding `sections(trainer, params)`,
+    {config section: weights}, where params are the checkpoint's EMA when one is kept. Its
+    config records those sections and where the weights came from."""
+    config_lib.validate(config)
+    with rundir.writing(workdir, config, what="export") as workdir:
+        trainer = make_trainer(config, parallel.make_mesh(config.mesh), dataset_size=1)
+        ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+        try:
+            restored = ckpts.restore_latest(trainer.abstract_state(), with_data=False)
+        finally:
+            ckpts.close()
+        if restored is None:
+            raise MissingFile(f"no checkpoint in {ckpts.directory}: train first "
+                              "(--config.mode=train with the same --workdir)")
+        step, state, _ = restored
+        exported = sections(trainer, state_lib.shown_params(state))
+        model_config = {"model": config.model, **{key: config[key].to_dict() for key in exported},
+                        "source": {"workdir": os.path.abspath(workdir), "step": int(step),
+                                   "weights": "ema" if "ema" in state else "params"}}
+        out_dir = out_dir or os.path.join(workdir, "export")
+        weights.save_weights(out_dir, jax.device_get(exported), model_config, overwrite=True)
+        return out_dir

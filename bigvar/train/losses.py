@@ -8,18 +8,15 @@ averaged over the masked tokens.
 """
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from bigvar.models.bigr import BiGR
+from bigvar.models.bigr_schedules import DIFFUSION_STEPS, bigr_mask_count, noised_probability
 from bigvar.models.var import VAR
 from bigvar.tokenizers.bae import BinaryAutoEncoder, bernoulli_bits, to_tokens
 from bigvar.tokenizers.msvq import MultiScaleVQVAE
-
-DIFFUSION_STEPS = 256  # T of BiGR's Bernoulli diffusion
 
 
 def var_tokens(tokenizer: MultiScaleVQVAE, tok_params, images):
@@ -76,12 +73,6 @@ def var_loss_from_logits(logits, targets, patch_nums, *, stage: int, prog_wp,
 
 
 # ---- BiGR -----------------------------------------------------------------------------------
-def bigr_mask_count(s, num_tokens: int):
-    """Masked-token count m = max(1, ⌊N·cos(π/2 · s/N)⌋) for s ∈ {0..N−1}."""
-    m = jnp.floor(num_tokens * jnp.cos(math.pi / 2 * s / num_tokens)).astype(jnp.int32)
-    return jnp.maximum(m, 1)
-
-
 def bigr_random_mask(rng, batch: int, num_tokens: int):
     """One count m per batch (discretised cosine), then m random positions per sample."""
     k_count, k_pos = jax.random.split(rng)
@@ -95,8 +86,7 @@ def bigr_noise(rng, x0, diffusion_steps: int = DIFFUSION_STEPS):
     """Per token t ~ U{1..T} and x_t ~ Bernoulli(k_t·x0 + b_t), k_t = 1 − t/T, b_t = t/2T."""
     k_t, k_x = jax.random.split(rng)
     t = jax.random.randint(k_t, x0.shape[:-1], 1, diffusion_steps + 1)
-    tf = (t / diffusion_steps)[..., None]
-    x_t = bernoulli_bits(k_x, (1 - tf) * x0 + tf / 2)
+    x_t = bernoulli_bits(k_x, noised_probability(x0, t, diffusion_steps))
     return t, x_t
 
 

@@ -1,5 +1,6 @@
 """Optimisers of the official recipes: AdamW with no-decay groups, the VAR learning-rate and
-weight-decay schedules (VAR_SPEC §4.4–4.5), gradient clipping, and the BiGR EMA.
+weight-decay schedules (VAR_SPEC §4.4–4.5), progressive training, gradient clipping, the BiGR
+EMA, and `Schedules`, which binds them to a config (both trainers use it).
 
 Schedules are functions of the optimizer step; they run both on Python floats (host-side
 logging, tests against the official formulas) and on traced ints inside the train step.
@@ -11,6 +12,7 @@ from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -152,4 +154,58 @@ def adamw(*, learning_rate, weight_decay, mask, b1: float, b2: float, eps: float
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
     """`ema ← decay·ema + (1 − decay)·params` (DiT's update_ema, as BiGR uses it)."""
-    return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+    # incremental_update(a, b, t) = t·a + (1 − t)·b. Given (ema, params, decay) it evaluates the
+    # expression above term for term; (params, ema, 1 − decay) would differ in the last bit on
+    # CPU (XLA fuses one product into a multiply-add, and which one depends on the order).
+    return optax.incremental_update(ema, params, step_size=decay)
+
+
+# ---- a config's schedules (host side) -------------------------------------------------------
+def steps_per_epoch(config: ml_collections.ConfigDict, dataset_size: int) -> int:
+    return max(dataset_size // config.train.batch_size, 1)
+
+
+def total_steps(config: ml_collections.ConfigDict, dataset_size: int) -> int:
+    t = config.train
+    return int(t.steps) if t.steps > 0 else int(t.epochs * steps_per_epoch(config, dataset_size))
+
+
+def peak_lr(config: ml_collections.ConfigDict) -> float:
+    t = config.train
+    return t.lr if t.lr > 0 else t.tblr * t.batch_size / 256
+
+
+class Schedules:
+    """Learning rate, weight decay and progressive-training stage as functions of the step."""
+
+    def __init__(self, config: ml_collections.ConfigDict, dataset_size: int):
+        t = config.train
+        self.max_it = total_steps(config, dataset_size)
+        per_epoch = steps_per_epoch(config, dataset_size)
+        epochs = self.max_it / per_epoch
+        self.wp_it = (t.warmup_epochs or epochs / 50) * per_epoch
+        self.peak = peak_lr(config)
+        self.schedule = f"lin{t.pg:g}" if t.pg > 0 else t.schedule
+        self.wd, self.wd_end = t.twd, (t.twde or t.twd)
+        self.wp0, self.wpe = t.wp0, t.wpe
+        self.num_scales = len(config.var.patch_nums) if config.model == "var" else 1
+        self.pg, self.pg0 = t.pg, t.pg0
+        self.stage_warmup_it = (t.pgwp or epochs / 300) * per_epoch
+
+    def lr(self, it):
+        if self.schedule == "constant":
+            return jnp.float32(self.peak) if isinstance(it, jax.Array) else self.peak
+        return self.peak * var_lr_ratio(it, schedule=self.schedule, max_it=self.max_it,
+                                        wp_it=self.wp_it, wp0=self.wp0, wpe=self.wpe)
+
+    def weight_decay(self, it):
+        return var_weight_decay(it, max_it=self.max_it, wd=self.wd, wd_end=self.wd_end)
+
+    def stage(self, it: int) -> tuple[int, float]:
+        """(progressive stage, prog_wp) at step `it`; (K − 1, 1.0) without progressive training."""
+        kw = dict(pg=self.pg, pg0=self.pg0, num_scales=self.num_scales, max_it=self.max_it,
+                  wp_it=self.wp_it)
+        if not self.pg:
+            return self.num_scales - 1, 1.0
+        return (progressive_stage(it, **kw),
+                progressive_weight(it, stage_warmup_it=self.stage_warmup_it, **kw))

@@ -1,6 +1,7 @@
 """`mode=train` for the tokenizers — VAR's multi-scale VQ-VAE (`model=vqvae`) and BiGR's binary
 autoencoder (`model=bae`) — read top to bottom:
 
+  0. `validate_loss_section`: the checks of the config's `loss` section.
   1. `TokenizerTrainer`: the model, optional LPIPS and PatchGAN, the optimizers, the train-state
      shardings and the jitted step (one per phase: before and after the discriminator starts).
   2. `run`: restore-or-init and the step, handed to `loop.run_loop` (the generators' loop: data,
@@ -14,34 +15,50 @@ w.r.t. it are cheap; the adaptive GAN weight needs them w.r.t. the last decoder 
 the same vjp gives (XLA drops the rest of that backward pass); one full backward then carries
 the weighted sum. The VQ loss (VQ-VAE) enters that backward as a second output.
 
-The state is {step, params, opt_state[, ema][, disc][, hit_ema]}; everything is replicated and
-batches are split over data × fsdp (tokenizers are small; their activations are not).
+The state is {step, params, opt_state[, ema]} (`train/state.py`) with [disc][, hit_ema] added;
+everything is replicated and batches are split over data × fsdp (tokenizers are small; their
+activations are not).
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax.linen import unbox
 
-from bigvar import checkpoint, configs, parallel, rundir
+from bigvar import config_lib, data as data_lib, models, parallel, weights
+from bigvar.data import transforms
+from bigvar.data.procedural import ProceduralSource
+from bigvar.errors import invalid
+from bigvar.models import run_init
 from bigvar.tokenizers import discriminator as disc_lib, metrics as tok_metrics
-from bigvar.train import loop, optim
-from bigvar.train.generator import Schedules
-from bigvar.utils import run_init, unbox
+from bigvar.tokenizers.bae import bernoulli_bits, deterministic_bits
+from bigvar.train import loop, optim, state as state_lib
+
+
+def validate_loss_section(loss: ml_collections.ConfigDict) -> None:
+    """The `loss` section of a tokenizer config."""
+    for field in ("l1", "l2", "beta", "lpips", "gan", "gan_max_weight"):
+        if loss[field] < 0:
+            invalid(f"loss.{field}", loss[field], "≥ 0")
+    if loss.l1 == loss.l2 == loss.lpips == 0:
+        invalid("loss.l2", loss.l2, "> 0, or loss.l1 / loss.lpips > 0 (nothing to reconstruct)")
+    if loss.lpips > 0 and not loss.lpips_from:
+        invalid("loss.lpips_from", loss.lpips_from, "a weights directory made by `python -m "
+                "bigvar.convert lpips --vgg=vgg16-397923af.pth --lin=vgg.pth --out=DIR`, or "
+                "loss.lpips=0")
+    if loss.disc_init not in ("taming", "torch_default"):
+        invalid("loss.disc_init", loss.disc_init, "'taming' or 'torch_default'")
 
 
 def value_range(config) -> tuple[float, float]:
-    return (-1.0, 1.0) if config.model == "vqvae" else (0.0, 1.0)
-
-
-def build_tokenizer(config):
-    return configs.build_vae(config) if config.model == "vqvae" else configs.build_bae(config)
+    """The pixel range the config's tokenizer works in."""
+    return models.build_tokenizer(config).VALUE_RANGE
 
 
 def reconstruct(model_name: str, tokenizer, variables, images):
@@ -50,24 +67,18 @@ def reconstruct(model_name: str, tokenizer, variables, images):
     weights directories hold them."""
     if model_name == "vqvae":
         return tokenizer.apply(variables, images, method=tokenizer.img_to_reconstructed_img)
-    from bigvar.tokenizers.bae import deterministic_bits
     probs = tokenizer.apply(variables, images, method=tokenizer.encode_probs)
     rec = tokenizer.apply(variables, deterministic_bits(probs), method=tokenizer.decode)
     return jnp.clip(rec, 0.0, 1.0)
 
 
-def last_layer_path(model_name: str, params) -> tuple[str, ...]:
-    """The final decoder conv, whose kernel gradients set the adaptive GAN weight."""
+def last_layer(model_name: str, tree):
+    """The final decoder conv's kernel in a params-shaped tree (params or their gradients); its
+    gradients set the adaptive GAN weight."""
     if model_name == "vqvae":
-        return ("decoder", "conv_out", "kernel")
-    last = max(int(k.split("_")[1]) for k in params["generator"])
-    return ("generator", f"blocks_{last}", "kernel")
-
-
-def _get(tree, path):
-    for key in path:
-        tree = tree[key]
-    return tree
+        return tree["decoder"]["conv_out"]["kernel"]
+    last = max(int(k.split("_")[1]) for k in tree["generator"])
+    return tree["generator"][f"blocks_{last}"]["kernel"]
 
 
 class TokenizerTrainer:
@@ -76,11 +87,11 @@ class TokenizerTrainer:
     def __init__(self, config: ml_collections.ConfigDict, mesh, dataset_size: int):
         self.config, self.mesh = config, mesh
         self.model_name = config.model
-        self.key = configs.TOKENIZERS[config.model]
-        self.tokenizer = build_tokenizer(config)
+        self.key = models.TOKENIZER_SECTIONS[config.model]
+        self.tokenizer = models.build_tokenizer(config)
         self.loss_cfg = config.loss
-        self.range = value_range(config)
-        self.schedules = Schedules(config, dataset_size)
+        self.range = self.tokenizer.VALUE_RANGE
+        self.schedules = optim.Schedules(config, dataset_size)
         t = config.train
         self.tx = optim.adamw(learning_rate=self.schedules.lr,
                               weight_decay=self.schedules.weight_decay, mask=None, b1=t.b1,
@@ -114,12 +125,9 @@ class TokenizerTrainer:
     def _new_state(self, key, params=None):
         k_tok, k_disc = jax.random.split(key)
         params = self._init_params(k_tok) if params is None else params
-        state = {"step": jnp.zeros((), jnp.int32), "params": params,
-                 "opt_state": self.tx.init(params)}
-        if self.ema_decay > 0:
-            state["ema"] = jax.tree_util.tree_map(jnp.copy, params)
+        state = state_lib.new_state(params, self.tx, self.ema_decay)
         if self.gan:
-            r = configs.image_size(self.config)
+            r = config_lib.image_size(self.config)
             variables = self.disc.init(k_disc, jnp.zeros((1, r, r, 3)), train=False)
             disc_params = disc_lib.discriminator_init(variables["params"], k_disc,
                                              scheme=self.loss_cfg.disc_init)
@@ -135,20 +143,16 @@ class TokenizerTrainer:
                         out_shardings=self.state_shardings)
 
     def abstract_state(self):
-        shapes = jax.eval_shape(self._new_state, jax.random.PRNGKey(0))
-        return jax.tree_util.tree_map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
-            self.state_shardings)
+        return state_lib.abstract_state(self._new_state, self.state_shardings)
 
     # -- the losses --
-    def _forward(self, params, images, rng):
+    def forward(self, params, images, rng):
         """(reconstruction, auxiliary loss), {extras}: the tokenizer's differentiable path."""
         if self.model_name == "vqvae":
             rec, vq_loss, hits, latent = self.tokenizer.apply(
                 {"params": params}, images, self.loss_cfg.beta,
                 method=self.tokenizer.training_forward)
             return (rec, vq_loss), {"hits": hits, "latent": jax.lax.stop_gradient(latent)}
-        from bigvar.tokenizers.bae import bernoulli_bits
         probs = self.tokenizer.apply({"params": params}, images, method=self.tokenizer.encode_probs)
         bits = bernoulli_bits(rng, jax.lax.stop_gradient(probs))
         codes = bits + probs - jax.lax.stop_gradient(probs)  # straight-through to p (BLD)
@@ -159,7 +163,7 @@ class TokenizerTrainer:
         lo, hi = self.range
         return (x - lo) * (2.0 / (hi - lo)) - 1.0
 
-    def _reconstruction_loss(self, rec, images, frozen):
+    def reconstruction_loss(self, rec, images, frozen):
         c = self.loss_cfg
         terms = {"l1": jnp.mean(jnp.abs(rec - images)), "l2": jnp.mean(jnp.square(rec - images))}
         total = c.l1 * terms["l1"] + c.l2 * terms["l2"]
@@ -170,7 +174,7 @@ class TokenizerTrainer:
             total = total + c.lpips * terms["lpips"]
         return total, terms
 
-    def _disc_logits(self, disc_state, images, *, train: bool):
+    def disc_logits(self, disc_state, images, *, train: bool):
         variables = {"params": disc_state["params"], "batch_stats": disc_state["batch_stats"]}
         if not train:
             return self.disc.apply(variables, images, train=False), disc_state["batch_stats"]
@@ -184,29 +188,26 @@ class TokenizerTrainer:
         rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), step)
         images = batch["image"]
         (rec, aux_loss), vjp_fn, extras = jax.vjp(
-            lambda p: self._forward(p, images, rng), params, has_aux=True)
-        (nll, terms), rec_cot = jax.value_and_grad(self._reconstruction_loss, has_aux=True)(
+            lambda p: self.forward(p, images, rng), params, has_aux=True)
+        (nll, terms), rec_cot = jax.value_and_grad(self.reconstruction_loss, has_aux=True)(
             rec, images, frozen)
         metrics = dict(terms)
         total_cot, loss = rec_cot, nll + aux_loss
         if adversarial:
             def adv_loss(r):  # D in train mode (batch statistics), its stat updates dropped here
-                logits, _ = self._disc_logits(state["disc"], r, train=True)
+                logits, _ = self.disc_logits(state["disc"], r, train=True)
                 return disc_lib.generator_adv_loss(logits)
             g_loss, adv_cot = jax.value_and_grad(adv_loss)(rec)
-            path = last_layer_path(self.model_name, params)
             zero_aux = jnp.zeros_like(aux_loss)
-            last_rec = _get(vjp_fn((rec_cot, zero_aux))[0], path)
-            last_adv = _get(vjp_fn((adv_cot, zero_aux))[0], path)
+            last_rec = last_layer(self.model_name, vjp_fn((rec_cot, zero_aux))[0])
+            last_adv = last_layer(self.model_name, vjp_fn((adv_cot, zero_aux))[0])
             weight = disc_lib.adaptive_weight(last_rec, last_adv, self.loss_cfg.gan_max_weight)
             weight = weight * self.loss_cfg.gan
             total_cot = rec_cot + weight * adv_cot
             loss = loss + weight * g_loss
             metrics.update(g_loss=g_loss, adaptive_weight=weight)
         grads = vjp_fn((total_cot, jnp.ones_like(aux_loss)))[0]
-        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
-        updates, opt_state = self.tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        new_params, opt_state, grad_norm = state_lib.apply_gradients(state, grads, self.tx)
         new = dict(state, step=step + 1, opt_state=opt_state)
 
         lo, hi = self.range
@@ -215,7 +216,7 @@ class TokenizerTrainer:
         if self.model_name == "vqvae":
             metrics["vq_loss"] = aux_loss
             hit_ema = tok_metrics.update_hit_ema(state["hit_ema"], extras["hits"], step)
-            new_params, hit_ema, restarted = self._restart_dead_codes(
+            new_params, hit_ema, restarted = self.restart_dead_codes(
                 new_params, hit_ema, extras["latent"], step, jax.random.fold_in(rng, 1))
             new["hit_ema"] = hit_ema
             # The official margin: 8 % of a uniform share of the finest scale's B·h·w vectors.
@@ -226,15 +227,12 @@ class TokenizerTrainer:
         else:
             metrics.update(tok_metrics.bit_balance(extras["bits"]))
         new["params"] = new_params
-        if self.ema_decay > 0:
-            new["ema"] = optim.ema_update(state["ema"], new_params, self.ema_decay)
         if adversarial:
             new["disc"], d_metrics = self._disc_update(state["disc"], images,
                                                       jax.lax.stop_gradient(rec))
             metrics.update(d_metrics)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = jax.lax.cond(finite, lambda: new, lambda: state)
-        metrics["finite"] = finite
+        new, metrics["finite"] = state_lib.finish_step(state, new, loss=loss, grad_norm=grad_norm,
+                                                       ema_decay=self.ema_decay)
         return new, metrics
 
     def _disc_update(self, disc_state, real, fake):
@@ -243,8 +241,8 @@ class TokenizerTrainer:
 
         def d_loss(dp):
             ds = dict(disc_state, params=dp)
-            logits_real, stats = self._disc_logits(ds, real, train=True)
-            logits_fake, stats = self._disc_logits(dict(ds, batch_stats=stats), fake, train=True)
+            logits_real, stats = self.disc_logits(ds, real, train=True)
+            logits_fake, stats = self.disc_logits(dict(ds, batch_stats=stats), fake, train=True)
             loss = disc_lib.hinge_d_loss(logits_real, logits_fake)
             return loss, (stats, jnp.mean(logits_real), jnp.mean(logits_fake))
 
@@ -255,7 +253,7 @@ class TokenizerTrainer:
                "opt_state": opt_state}
         return new, {"d_loss": loss, "logits_real": real_mean, "logits_fake": fake_mean}
 
-    def _restart_dead_codes(self, params, hit_ema, latent, step, key):
+    def restart_dead_codes(self, params, hit_ema, latent, step, key):
         """Every `loss.dead_code_every` steps, codes that no scale uses (hit EMA below the usage
         margin on every scale) are replaced by random latent vectors of this batch, and their hit
         EMA is set to the margin so they get a fair chance before the next check."""
@@ -297,10 +295,7 @@ class TokenizerTrainer:
 def heldout_images(config, count: int, *, seed_offset: int = 1_000_003):
     """(images in the tokenizer's range, labels): procedural images the training never sees (another
     procedural seed), or the first `count` records of a file source, centre-cropped."""
-    from bigvar import data as data_lib
-    from bigvar.data import transforms
-    from bigvar.data.procedural import ProceduralSource
-    size, d = configs.image_size(config), config.data
+    size, d = config_lib.image_size(config), config.data
     if d.source == "procedural":
         src = ProceduralSource(d.num_classes, size, count, seed=d.procedural_seed + seed_offset)
         records = [src[i] for i in range(count)]
@@ -337,8 +332,8 @@ class Reconstructor:
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
         self.model_name = config.model
-        self.tokenizer = build_tokenizer(config)
-        self.range = value_range(config)
+        self.tokenizer = models.build_tokenizer(config)
+        self.range = self.tokenizer.VALUE_RANGE
         self._fn = jax.jit(functools.partial(reconstruct, self.model_name, self.tokenizer))
 
     def __call__(self, variables, images, batch: int = 64) -> np.ndarray:
@@ -367,48 +362,28 @@ class Reconstructor:
 # ---- weights in and out ------------------------------------------------------------------------
 def load_init_params(config, trainer: TokenizerTrainer):
     """Tokenizer params from `init_from` (a converted official checkpoint or an export)."""
-    stored = checkpoint.load_config(config.init_from)
     section = trainer.key
-    arch = configs.ARCH_FIELDS["var" if config.model == "vqvae" else "bigr"][section]
-    diffs = [f"{section}.{f}: config has {config[section][f]!r}, checkpoint has "
-             f"{stored.get(section, {}).get(f)!r}" for f in arch
-             if _norm(config[section][f]) != _norm(stored.get(section, {}).get(f))]
-    if diffs:
-        raise ValueError(f"--config.init_from={config.init_from} holds a different tokenizer:\n  "
-                         + "\n  ".join(diffs))
+    weights.check_architecture(config, weights.load_config(config.init_from),
+                               f"--config.init_from={config.init_from}", (section,))
     target = {"params": jax.eval_shape(trainer._init_params, jax.random.PRNGKey(0))}
-    return checkpoint.load_weights(config.init_from, {section: target}, partial=True)[section]["params"]
-
-
-def _norm(v):
-    return tuple(v) if isinstance(v, (list, tuple)) else v
+    return weights.load_weights(config.init_from, {section: target}, partial=True)[section]["params"]
 
 
 def export_tokenizer(config, workdir: str, out_dir: str | None = None) -> str:
     """The newest checkpoint's tokenizer (its EMA when kept) as a weights directory holding
     `vae` or `bae`, which generator configs load with `--config.tokenizer_from=DIR`."""
-    with rundir.writing(workdir, config, what="export") as workdir:
-        mesh = parallel.make_mesh(config.mesh)
-        trainer = TokenizerTrainer(config, mesh, dataset_size=1)
-        step, state = loop.restore_newest_state(workdir, config, trainer.abstract_state())
-        out_dir = out_dir or os.path.join(workdir, "export")
-        section = trainer.key
-        model_config = {"model": config.model, section: config[section].to_dict(),
-                        "source": {"workdir": os.path.abspath(workdir), "step": int(step),
-                                   "weights": "ema" if "ema" in state else "params"}}
-        weights = {section: {"params": jax.device_get(state.get("ema", state["params"]))}}
-        checkpoint.save_weights(out_dir, weights, model_config, overwrite=True)
-        return out_dir
+    return loop.export_newest(config, workdir, out_dir, TokenizerTrainer,
+                              lambda trainer, params: {trainer.key: {"params": params}})
 
 
 # ---- the loop ----------------------------------------------------------------------------------
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains the tokenizer until `train.steps`/`train.epochs` are done, or until SIGTERM."""
     from bigvar import data as data_lib
-    configs.validate(config)
+    config_lib.validate(config)
     mesh = parallel.make_mesh(config.mesh)
     loop.check_batch(config, mesh)
-    size = configs.image_size(config)
+    size = config_lib.image_size(config)
     trainer = TokenizerTrainer(config, mesh, len(data_lib.make_source(config.data, size)))
     if config.loss.gan > 0:
         logging.info("the discriminator starts at step %d", config.loss.gan_start)
@@ -420,8 +395,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         params = load_init_params(config, trainer) if config.init_from else None
         return trainer.init_state(config.seed, params)
 
-    def shown(state):  # the EMA when kept, as variables
-        return {"params": state.get("ema", state["params"])}
+    def shown(state):  # as variables
+        return {"params": state_lib.shown_params(state)}
 
     def grids(state):
         return {"reconstructions": recon.grid(shown(state), grid_images, cols)}

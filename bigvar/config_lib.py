@@ -1,0 +1,158 @@
+"""What every job config shares, for the files in `configs/`: the job sections (`train`, `loss`,
+`mesh`), loading one config file from another, and `validate`, which asks each part to check its
+own section once per job.
+
+A config is an `ml_collections.ConfigDict`: `model` (var | bigr | vqvae | bae | demo), `mode`,
+`seed`, `init_from`, the model sections (`var` + `vae`, `bigr` + `bae`: each a module's own fields,
+see `bigvar.models.build`), and `sample`, `train`, `data` (`bigvar.data.data_section`), `loss`
+(tokenizers), `mesh`, `axis_rules`. The recipes and size tables are in the config files.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+
+import ml_collections
+
+from bigvar import parallel
+from bigvar.errors import invalid
+
+MODES = ("sample", "train", "export", "eval")
+GENERATORS = ("var", "bigr")
+TOKENIZERS = ("vqvae", "bae")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, as `--config=path:arg` loads it. A bare file name is
+    looked up in the repository's `configs/`."""
+    if not os.path.exists(path) and os.path.dirname(path) == "":
+        path = os.path.join(CONFIG_DIR, path)
+    return runpy.run_path(path)["get_config"](arg)
+
+
+def sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config of file `name` in the same folder as `config_file` (a config file's
+    `__file__`): how the tiny and demo configs start from the full ones."""
+    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), name), arg)
+
+
+def alias(config_file: str, target: str, first_arg: str):
+    """`get_config` of a config file that is another one with a fixed first argument: in
+    configs/var_d30.py, `get_config = alias(__file__, "var.py", "d30")` makes
+    `configs/var_d30.py:fid` the same as `configs/var.py:d30,fid`."""
+    def get_config(arg=None):
+        return sibling(config_file, target, ",".join(a for a in (first_arg, arg) if a))
+    return get_config
+
+
+def mesh_section() -> ml_collections.ConfigDict:
+    """`config.mesh`: sizes of the (data, fsdp, tensor) mesh axes; -1 takes the other devices."""
+    return ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+
+def common_sections(config: ml_collections.ConfigDict) -> None:
+    """Adds the fields every generator config has (mesh, axis rules, weights and tokenizer
+    directories, seeds) to `config`."""
+    config.mode = "sample"
+    config.seed = 0
+    config.init_from = ""  # a weights directory (`python -m bigvar.convert ...` or an export)
+    config.allow_random_init = False  # sampling from random weights: smoke tests only
+    config.tokenizer_from = ""  # training: weights dir holding the frozen tokenizer
+    config.mesh = mesh_section()
+    config.axis_rules = parallel.DEFAULT_AXIS_RULES
+
+
+def train_section(**overrides) -> ml_collections.ConfigDict:
+    """`config.train`: optimisation, schedules, logging and checkpointing of a training run.
+
+    Steps are optimizer steps on the global batch (`grad_accum` micro-batches each); epochs
+    convert to steps with the training set's size.
+    """
+    train = ml_collections.ConfigDict(dict(
+        batch_size=768, grad_accum=1, epochs=200, steps=0,  # steps > 0 overrides epochs
+        lr=0.0, tblr=1e-4,  # lr = 0: tblr · batch_size / 256 (the official rule)
+        schedule="lin0", warmup_epochs=0.0, wp0=0.005, wpe=0.1,  # warmup 0: epochs / 50
+        twd=0.05, twde=0.0,  # weight decay from twd to twde along a cosine (twde 0: constant)
+        b1=0.9, b2=0.95, eps=1e-8, clip=2.0, label_smoothing=0.0,
+        pg=0.0, pg0=4, pgwp=0.0,  # progressive training (VAR): off by default, pgwp 0: epochs/300
+        official_init=True, init_adaln=0.5, init_adaln_gamma=1e-3, init_head=0.02,
+        ema_decay=0.0,  # > 0: keep an EMA of the generator (BiGR: 0.9999); export uses it
+        log_every=50, checkpoint_every=2000, keep_checkpoints=3, async_checkpoints=True,
+        sample_every=5000, sample_images=16,
+    ))
+    train.update(overrides)
+    return train
+
+
+def loss_section(**overrides) -> ml_collections.ConfigDict:
+    """`config.loss` of a tokenizer-training config: the weight of each term."""
+    loss = ml_collections.ConfigDict(dict(
+        l1=0.0, l2=1.0,  # pixel reconstruction terms (images in the tokenizer's range)
+        beta=0.25,  # VQ-VAE: commitment weight inside the multi-scale VQ loss (VAR_SPEC §1.6.8)
+        lpips=0.0, lpips_from="",  # LPIPS-VGG weight; its weights dir (`python -m bigvar.convert lpips`)
+        gan=0.0,  # PatchGAN hinge loss weight (0 = no discriminator), times the adaptive weight
+        gan_start=0,  # step at which the discriminator and the adversarial term start
+        gan_max_weight=1e4,  # clamp of the adaptive weight (taming 1e4; BLD's disc_weight_max 1)
+        disc_ndf=64, disc_layers=3, disc_lr=0.0,  # discriminator width/depth; lr 0 = same as G
+        disc_init="taming",  # taming: N(0, 0.02) convs; torch_default: BLD's (no weights_init)
+        dead_code_every=0,  # VQ-VAE: every N steps, re-seed unused codes from the batch (0 = off)
+    ))
+    loss.update(overrides)
+    return loss
+
+
+def image_size(config: ml_collections.ConfigDict) -> int:
+    """Training/sampling resolution of a VAR, BiGR, VQ-VAE or B-AE config."""
+    if config.model in ("bigr", "bae"):
+        return config.bae.img_size
+    patch_nums = config.var.patch_nums if "var" in config else config.vae.patch_nums
+    return patch_nums[-1] * 2 ** (len(config.vae.ch_mult) - 1)
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks the values a user can get wrong, each by the code that owns the section; raises
+    `UserError` naming the field and the fix. Called once, at the start of each job."""
+    from bigvar.models import bigr, var
+    from bigvar.sampling import job
+    from bigvar.sampling.bigr import BiGRSamplingSettings
+    from bigvar.sampling.var import SamplingSettings
+    from bigvar.tokenizers import bae, msvq
+    from bigvar.train import loop
+
+    if config.mode not in MODES:
+        invalid("mode", config.mode, f"one of {MODES}")
+    if config.model in TOKENIZERS:
+        return _validate_tokenizer_job(config)
+    if config.model == "var":
+        var.validate_section(config.var)
+        msvq.validate_section(config.vae)
+        SamplingSettings.from_config(config.sample)
+        num_classes = config.var.num_classes
+    elif config.model == "bigr":
+        bigr.validate_section(config.bigr, config.bae)
+        bae.validate_section(config.bae)
+        BiGRSamplingSettings.from_config(config.sample)
+        num_classes = config.bigr.num_classes
+    else:
+        invalid("model", config.model, "'var', 'bigr', 'vqvae' or 'bae'")
+    job.validate_sample_section(config.sample, num_classes)
+    if config.mode == "train":
+        loop.validate_train_section(config, num_classes)
+    return config
+
+
+def _validate_tokenizer_job(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    from bigvar.tokenizers import bae, msvq
+    from bigvar.train import loop, tokenizer
+
+    if config.mode not in ("train", "export"):
+        invalid("mode", config.mode, "'train' or 'export' for a tokenizer config (sample with the "
+                "generator config that loads it via --config.tokenizer_from)")
+    tokenizer.validate_loss_section(config.loss)
+    if config.model == "vqvae":
+        msvq.validate_section(config.vae)
+    else:
+        bae.validate_section(config.bae)
+    loop.validate_train_section(config, config.data.num_classes)
+    return config
