@@ -18,7 +18,6 @@ from bigvar import parallel
 from bigvar.errors import invalid
 
 MODES = ("sample", "train", "export", "eval")
-GENERATORS = ("var", "bigr")
 TOKENIZERS = ("vqvae", "bae")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -113,6 +112,8 @@ def image_size(config: ml_collections.ConfigDict) -> int:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks the values a user can get wrong, each by the code that owns the section; raises
     `UserError` naming the field and the fix. Called once, at the start of each job."""
+    # Imported here, not at the top: the jobs import this module, and config files (which
+    # import it too) stay free of the trainers and samplers.
     from bigvar.models import bigr, var
     from bigvar.sampling import job
     from bigvar.sampling.bigr import BiGRSamplingSettings
