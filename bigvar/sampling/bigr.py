@@ -32,7 +32,6 @@ from bigvar.sampling.common import Sampler, per_sample_keys, to_uint8
 from bigvar.sampling.edit import box_mask
 from bigvar.tokenizers.bae import BinaryAutoEncoder, from_tokens
 
-PIXEL_RANGE = BinaryAutoEncoder.VALUE_RANGE
 CFG_SCHEDULES = ("constant", "linear")
 GUMBEL_SCHEDULES = ("constant", "down", "up")
 # Random streams derived from a sample's key for one outer step (fold_in constants).
@@ -246,7 +245,7 @@ def bernoulli(step_keys, probs):
 
 def decode_to_uint8(bae: BinaryAutoEncoder, bae_params, tokens) -> jax.Array:
     img = bae.apply(bae_params, from_tokens(tokens, bae.grid_size), method=BinaryAutoEncoder.decode)
-    return to_uint8(img, PIXEL_RANGE)
+    return to_uint8(img, bae.VALUE_RANGE)
 
 
 def keep_mask_tokens(keep_mask, grid: int, batch: int, image_size: int) -> np.ndarray:
@@ -274,7 +273,6 @@ class BiGRSampler(Sampler):
         out = sampler.inpaint(images, keep_mask)            # keep_mask: 1 = keep the image token
     """
 
-    pixel_range = PIXEL_RANGE
 
     def __init__(self, model: BiGR, bae: BinaryAutoEncoder, params, bae_params,
                  settings: BiGRSamplingSettings = BiGRSamplingSettings(), mesh=None):

@@ -42,9 +42,8 @@ class Sampler:
     replicated on every device; batches split over the mesh's data axes and padded to a multiple
     of their size (the padding rows repeat the last one and are cut from the outputs); label
     checks; one compiled function per kind of call; input images as uint8 or as floats in the
-    tokenizer's `pixel_range`."""
+    tokenizer's `VALUE_RANGE`."""
 
-    pixel_range: tuple[float, float]  # the tokenizer's image range, set by each subclass
 
     def __init__(self, generator, tokenizer, gen_params, tok_params, settings, mesh=None):
         self.generator, self.tokenizer, self.settings = generator, tokenizer, settings
@@ -69,13 +68,13 @@ class Sampler:
         return self.check_labels(np.broadcast_to(labels, (batch,)))
 
     def _image_batch(self, images) -> np.ndarray:
-        """(B, H, W, 3) images from one image or a batch; uint8 becomes float32 in `pixel_range`,
+        """(B, H, W, 3) images from one image or a batch; uint8 becomes float32 in the tokenizer's range,
         floats are taken as they are."""
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[None]
         if images.dtype == np.uint8:
-            images = from_uint8(images, self.pixel_range)
+            images = from_uint8(images, self.tokenizer.VALUE_RANGE)
         return images
 
     def _pad(self, x) -> jax.Array:

@@ -27,7 +27,6 @@ from bigvar.sampling.common import Sampler, per_sample_keys, to_uint8
 from bigvar.sampling.edit import box_mask, scale_keep_masks
 from bigvar.tokenizers.msvq import MultiScaleVQVAE
 
-PIXEL_RANGE = MultiScaleVQVAE.VALUE_RANGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +175,7 @@ def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_param
             x = run(VAR.embed_next, rearrange(nxt, "b h w c -> b (h w) c"), end)
             x = jnp.repeat(x, pairs, axis=0)  # the same tokens feed both CFG halves
 
-    images = to_uint8(vae.apply(vae_params, f_hat, method=MultiScaleVQVAE.fhat_to_img), PIXEL_RANGE)
+    images = to_uint8(vae.apply(vae_params, f_hat, method=MultiScaleVQVAE.fhat_to_img), vae.VALUE_RANGE)
     logits_out = jnp.concatenate(all_logits, axis=1) if return_logits else None
     return SampleOutput(images, jnp.concatenate(tokens, axis=1), logits_out)
 
@@ -189,8 +188,6 @@ class VARSampler(Sampler):
         out = sampler.generate([980, 437], seed=0)        # out.images: (2, 256, 256, 3) uint8
         out = sampler.inpaint(images, box=(0.1, 0.1, 0.8, 0.8))
     """
-
-    pixel_range = PIXEL_RANGE
 
     def __init__(self, var: VAR, vae: MultiScaleVQVAE, var_params, vae_params,
                  settings: SamplingSettings = SamplingSettings(), mesh=None):
