@@ -273,7 +273,6 @@ class BiGRSampler(Sampler):
         out = sampler.inpaint(images, keep_mask)            # keep_mask: 1 = keep the image token
     """
 
-
     def __init__(self, model: BiGR, bae: BinaryAutoEncoder, params, bae_params,
                  settings: BiGRSamplingSettings = BiGRSamplingSettings(), mesh=None):
         if model.binary_size != bae.codebook_size:
