@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bigvar import config_lib, models, parallel, weights
+from bigvar import config_lib, models, npz, parallel, weights
 from bigvar.errors import UserError, invalid
 from bigvar.images import make_grid, save_png
 from bigvar.rundir import atomic_write
@@ -164,34 +164,43 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if s.save_pngs:
         os.makedirs(png_dir, exist_ok=True)
     num_batches = -(-n // batch)
-    images, tokens = [], []
+    parts = [os.path.join(parts_dir, f"batch_{k:05d}.npz") for k in range(num_batches)]
+    grid_count = max(s.grid_cols, 1) * 8
+    grid_images, image_shape, token_shape = [], None, None
     started = time.time()
     for k in tqdm.trange(num_batches, desc="sampling", unit="batch"):
-        part = os.path.join(parts_dir, f"batch_{k:05d}.npz")
         index = np.arange(k * batch, min((k + 1) * batch, n))
-        done = _load_part(part, index, digest)
+        done = _load_part(parts[k], index, digest)
         if done is not None:  # finished by an earlier run of this job
-            images.append(done[0]), tokens.append(done[1])
-            continue
-        # A ragged last batch is padded to the full batch: one compiled shape for the whole job.
-        padded = parallel.pad_to_multiple(labels[index], batch)
-        out = sampler.generate(padded, seed=s.seed, first_index=int(index[0]))
-        batch_images = out.images[:len(index)]
-        batch_tokens = out.tokens[:len(index)].astype(np.int32 if config.model == "var" else np.uint8)
-        if s.save_pngs:
-            for i, img in zip(index, batch_images):
-                save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), img)
-        with atomic_write(part) as tmp:  # written last: it marks the batch finished
-            np.savez(tmp, images=batch_images, tokens=batch_tokens, index=index, job=digest)
-        images.append(batch_images), tokens.append(batch_tokens)
+            batch_images, batch_tokens = done
+        else:
+            # A ragged last batch is padded to the full batch: one compiled shape for the whole job.
+            padded = parallel.pad_to_multiple(labels[index], batch)
+            out = sampler.generate(padded, seed=s.seed, first_index=int(index[0]))
+            batch_images = out.images[:len(index)]
+            batch_tokens = out.tokens[:len(index)].astype(np.int32 if config.model == "var" else np.uint8)
+            if s.save_pngs:
+                for i, img in zip(index, batch_images):
+                    save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), img)
+            with atomic_write(parts[k]) as tmp:  # written last: it marks the batch finished
+                np.savez(tmp, images=batch_images, tokens=batch_tokens, index=index, job=digest)
+        image_shape, token_shape = batch_images.shape[1:], batch_tokens.shape[1:]
+        if sum(map(len, grid_images)) < grid_count:
+            grid_images.append(batch_images)
     seconds = time.time() - started
 
-    images, tokens = np.concatenate(images), np.concatenate(tokens)
+    # The npz is assembled part by part: the images of a 50k job never sit in memory at once.
+    def column(key):
+        for part in parts:
+            with np.load(part) as done:
+                yield done[key]
     npz_path = os.path.join(out_dir, "samples.npz")
-    with atomic_write(npz_path) as tmp:
-        np.savez(tmp, arr_0=images, labels=labels, tokens=tokens)
+    token_dtype = np.int32 if config.model == "var" else np.uint8
+    npz.write(npz_path, {"arr_0": ((n,) + image_shape, np.uint8, column("images")),
+                         "labels": labels,
+                         "tokens": ((n,) + token_shape, token_dtype, column("tokens"))})
     grid_path = os.path.join(out_dir, "grid.png")
-    save_png(grid_path, make_grid(images[:max(s.grid_cols, 1) * 8], s.grid_cols))
+    save_png(grid_path, make_grid(np.concatenate(grid_images)[:grid_count], s.grid_cols))
     summary = dict(num_images=n, seconds=seconds, grid=grid_path, npz=npz_path,
                    pngs=png_dir if s.save_pngs else None)
     logging.info("wrote %d images in %.1fs: grid %s, npz %s", n, seconds, grid_path, npz_path)
