@@ -3,6 +3,8 @@
   python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=ckpt/var_d16
   python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_L_d24.pt --out=ckpt/bigr_l_d24
   python -m bigvar.convert lpips --vgg=vgg16-397923af.pth --lin=vgg.pth --out=ckpt/lpips_vgg
+  python -m bigvar.convert inception --pth=pt_inception-2015-12-05-6726825d.pth --out=ckpt/inception
+  python -m bigvar.convert inception --graph=classify_image_graph_def.pb --out=ckpt/inception
 
 The output directory holds `params/` (orbax) and `config.json`; sample from it with
 `python -m bigvar.main --config=configs/var_d16.py --config.init_from=ckpt/var_d16 --workdir=...`.
@@ -48,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
                        "prefix such as loss.perceptual_loss. (taming VQGAN) or perceptual. (B-AE)")
     lpips.add_argument("--out", required=True, help="output directory")
     lpips.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    inc = sub.add_parser("inception", help="the FID InceptionV3 (mode=eval: --config.eval.inception=DIR)")
+    inc.add_argument("--pth", default=None, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                     "(= torch-fidelity's weights-inception-2015-12-05-6726825d.pth)")
+    inc.add_argument("--graph", default=None, help="instead: the ADM evaluator's "
+                     "classify_image_graph_def.pb (TensorFlow GraphDef; TensorFlow not needed)")
+    inc.add_argument("--out", required=True, help="output directory")
+    inc.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return parser
 
 
@@ -81,6 +90,12 @@ def main(argv=None) -> int:
             weights.save_weights(args.out, {"lpips": params}, model_config, overwrite=args.overwrite)
             print(f"converted LPIPS-VGG (13 VGG16 convs, lin layers {model_config['lpips']['tap_channels']}) "
                   f"→ {args.out}")
+        elif args.model == "inception":
+            from bigvar.convert import inception
+            model_config, params = inception.convert(args.pth, args.graph)
+            weights.save_weights(args.out, params, model_config, overwrite=args.overwrite)
+            print(f"converted the FID InceptionV3 ({len(params['params'])} modules, from "
+                  f"{args.pth or args.graph}) → {args.out}")
         else:
             from bigvar.convert import bigr
             expected = _load_config_file(args.config) if args.config else None

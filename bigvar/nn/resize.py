@@ -69,7 +69,41 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-_MATRICES = {"area": area_matrix, "bicubic": bicubic_matrix, "bilinear": bilinear_matrix}
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix_tf1(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of TensorFlow 1's `ResizeBilinear` (align_corners=False,
+    half_pixel_centers=False): source x = o · (n_in / n_out), no centre offset, so the image
+    shifts by half a pixel compared with PyTorch. The coordinates are computed in float32 as
+    TF's kernel does: in float64 the weights would differ by up to 3e-5 at 512 px."""
+    m = np.zeros((n_out, n_in), np.float64)
+    scale = np.float32(n_in) / np.float32(n_out)
+    for o in range(n_out):
+        src = np.float32(o) * scale
+        i0 = int(np.floor(src))
+        frac = float(src - np.float32(i0))
+        m[o, i0] += 1.0 - frac
+        m[o, min(i0 + 1, n_in - 1)] += frac
+    return m
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix_float32(n_in: int, n_out: int) -> np.ndarray:
+    """`bilinear_matrix` with the source coordinates and weights computed in float32, as
+    PyTorch's CPU kernel computes them for float32 images: pytorch-fid's exact 256/512 → 299."""
+    m = np.zeros((n_out, n_in), np.float64)
+    scale = np.float32(n_in) / np.float32(n_out)
+    for o in range(n_out):
+        src = max(scale * (np.float32(o) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+        i0 = min(int(src), n_in - 1)
+        frac = np.float32(src - np.float32(i0))
+        m[o, i0] += float(np.float32(1) - frac)
+        m[o, min(i0 + 1, n_in - 1)] += float(frac)
+    return m
+
+
+_MATRICES = {"area": area_matrix, "bicubic": bicubic_matrix, "bilinear": bilinear_matrix,
+             "bilinear_tf1": bilinear_matrix_tf1,
+             "bilinear_float32": bilinear_matrix_float32}
 
 
 def resize_matrix(mode: str, n_in: int, n_out: int) -> np.ndarray:
