@@ -191,6 +191,17 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     psnr = recon.psnr(tok_params, heldout)
     recon_grid = os.path.join(workdir, "reconstructions.png")
     save_png(recon_grid, recon.grid(tok_params, heldout[:20], cols=10))
+    # Fréchet distances in the judge's feature space, against the judge's held-out real images.
+    # The floor is a real set as large as the samples (held-out tokenizer images): what a perfect
+    # generator would score at this sample count.
+    real_x, _ = shape_classifier.heldout_set(num_classes, image_size, config.classifier.heldout_images,
+                                             gen_cfg.data.procedural_seed)
+    real = np.round(real_x * 255.0).astype(np.uint8)
+    heldout_uint8 = tok_lib.to_uint8(heldout, *recon.range)
+    recon_uint8 = tok_lib.to_uint8(recon(tok_params, heldout), *recon.range)
+    frechet = {"samples": judge.frechet_distance(images, real),
+               "real_floor": judge.frechet_distance(heldout_uint8[:len(images)], real),
+               "reconstructions": judge.frechet_distance(recon_uint8, real)}
     times["report"] = time.time() - t
 
     from bigvar.data.procedural import class_names
@@ -201,6 +212,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "class_agreement_per_class": {names[c]: round(v, 3) for c, v in per_class.items()},
         "judge_heldout_accuracy": round(judge_accuracy, 4),
         "tokenizer_heldout_psnr_db": round(psnr, 2),
+        "frechet_distance_judge": {k: None if v is None else round(v, 3) for k, v in frechet.items()},
         "num_samples": int(len(labels)),
         "grid": grid_path, "reconstructions": recon_grid,
         "samples_npz": sample_summary["npz"],
@@ -215,12 +227,18 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"summary": os.path.join(workdir, "summary.json"), "grid": summary["grid"],
             "class_agreement": summary["class_agreement"],
             "judge_heldout_accuracy": summary["judge_heldout_accuracy"],
-            "tokenizer_heldout_psnr_db": summary["tokenizer_heldout_psnr_db"]}
+            "tokenizer_heldout_psnr_db": summary["tokenizer_heldout_psnr_db"],
+            "frechet_distance_judge": summary["frechet_distance_judge"]["samples"]}
+
+
+def _fd(value) -> str:
+    return "n/a (fewer images than feature dimensions)" if value is None else f"{value:.2f}"
 
 
 def _print_summary(s: dict, workdir: str, names: list[str]) -> None:
     minutes = s["wall_seconds_this_run"] / 60
     stages = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in s["seconds"].items())
+    fd = s["frechet_distance_judge"]
     print(f"""
 ==== bigvar demo ({s['tokenizer']} + {s['generator']}) finished in {minutes:.1f} min ====
 stage minutes        {stages} (this run; a reused stage takes seconds)
@@ -229,6 +247,9 @@ class agreement      {100 * s['class_agreement']:.1f}% of {s['num_samples']} gen
 judge accuracy       {100 * s['judge_heldout_accuracy']:.1f}% on held-out real images (the judge
                      sees colour and shape; every class has its own of each)
 tokenizer PSNR       {s['tokenizer_heldout_psnr_db']:.2f} dB on held-out real images
+Fréchet distance     {_fd(fd['samples'])} generated vs real images, in the judge's feature space
+                     (FID with the judge as the network; lower is better; {_fd(fd['real_floor'])} for
+                     as many real images; tokenizer reconstructions: {_fd(fd['reconstructions'])})
 samples grid         {s['grid']}   (one row per class: {', '.join(names[:3])}, …)
 reconstructions      {s['reconstructions']}   (real images above, reconstructions below)
 logs                 {s['logs']['tokenizer']}

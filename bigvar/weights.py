@@ -73,6 +73,18 @@ def load_config(weights_dir: str) -> dict:
         return json.load(f)
 
 
+def require_model(weights_dir: str, model: str, what: str, how: str) -> dict:
+    """The `config.json` of a weights directory that must hold `model` (e.g. "lpips"); a
+    missing directory or another network is an error naming `what` it should be and `how` to
+    make one."""
+    if not os.path.isfile(os.path.join(weights_dir, CONFIG)):
+        raise FileNotFoundError(f"{weights_dir} is not {what} weights directory (no {CONFIG}). {how}")
+    config = load_config(weights_dir)
+    if config.get("model") != model:
+        raise ValueError(f"{weights_dir} holds {config.get('model')!r} weights, not {what}. {how}")
+    return config
+
+
 def check_architecture(config, stored: dict, source: str, sections=None, skip=()) -> None:
     """The config's model sections (those it has, or `sections`) must describe the weights whose
     `config.json` is `stored` (`source` names them); fields in `skip` may differ (e.g.

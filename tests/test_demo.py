@@ -26,7 +26,8 @@ def check_outputs(workdir, out: str, tokenizer: str) -> dict:
     assert 0.0 <= summary["judge_heldout_accuracy"] <= 1.0
     assert np.isfinite(summary["tokenizer_heldout_psnr_db"])
     assert summary["num_samples"] == 20 and summary["tokenizer"] == tokenizer
-    for line in ("class agreement", "judge accuracy", "tokenizer PSNR", "samples grid"):
+    assert set(summary["frechet_distance_judge"]) == {"samples", "real_floor", "reconstructions"}
+    for line in ("class agreement", "judge accuracy", "tokenizer PSNR", "Fréchet distance", "samples grid"):
         assert line in out, out[-3000:]
     grid = np.asarray(Image.open(summary["grid"]))
     assert grid.ndim == 3 and grid.shape[0] > grid.shape[1]  # 10 rows (classes) of 2 images
@@ -60,3 +61,20 @@ def test_quick_bigr_demo_runs_end_to_end(tmp_path):
     result = run_demo("configs/demo_bigr.py:quick", tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     check_outputs(tmp_path, result.stdout, "bae")
+
+
+def test_judge_frechet_distance_ranks_image_sets():
+    """The demo's quality figure: Fréchet distance in the judge's feature space. Near 0 for two
+    real sets, larger for images of the wrong colours, None for too few images."""
+    import jax
+    import jax.numpy as jnp
+    from bigvar.eval import shape_classifier
+    model = shape_classifier.ShapeClassifier(10, width=8)  # an untrained judge is enough here
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    judge = shape_classifier.Judge(10, 8, params)
+    real = [np.round(shape_classifier.heldout_set(10, 16, 200, seed)[0] * 255).astype(np.uint8)
+            for seed in (0, 1)]
+    swapped = real[1][..., ::-1]  # RGB → BGR: every class in the wrong colour
+    same, wrong = judge.frechet_distance(real[0], real[1]), judge.frechet_distance(real[0], swapped)
+    assert 0 <= same < wrong
+    assert judge.frechet_distance(real[0][:16], real[1]) is None  # 16 images, 16 dimensions

@@ -224,9 +224,9 @@ def test_wrong_weights_are_clear_errors(tmp_path):
         convert_inception.convert_state_dict(missing, "x.pth")
     # A weights directory of another network is refused by name.
     weights.save_weights(str(tmp_path / "lpips"), {"x": np.zeros(1)}, {"model": "lpips"})
-    with pytest.raises(ValueError, match="holds 'lpips' weights, not the FID InceptionV3"):
+    with pytest.raises(ValueError, match="holds 'lpips' weights, not an FID InceptionV3"):
         inception.load_inception(str(tmp_path / "lpips"))
-    with pytest.raises(FileNotFoundError, match="not an Inception weights directory"):
+    with pytest.raises(FileNotFoundError, match="is not an FID InceptionV3 weights directory"):
         inception.load_inception(str(tmp_path))
 
 

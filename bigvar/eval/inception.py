@@ -23,7 +23,6 @@ Input preprocessing, each route exactly (`preprocess`):
 from __future__ import annotations
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
@@ -244,15 +243,10 @@ def check_images(images, what: str) -> None:
 def load_inception(weights_dir: str) -> dict:
     """{"params": …} from a directory written by `python -m bigvar.convert inception`."""
     from bigvar import weights
-    how = ("python -m bigvar.convert inception --pth=pt_inception-2015-12-05-6726825d.pth "
-           f"--out={weights_dir} (or --graph=classify_image_graph_def.pb)")
-    if not os.path.isfile(os.path.join(weights_dir, weights.CONFIG)):
-        raise FileNotFoundError(f"{weights_dir} is not an Inception weights directory (no "
-                                f"{weights.CONFIG}); make one with `{how}`")
-    model = weights.load_config(weights_dir).get("model")
-    if model != "inception":
-        raise ValueError(f"{weights_dir} holds {model!r} weights, not the FID InceptionV3; "
-                         f"--config.eval.inception must be a directory made by `{how}`")
+    how = ("Make one with `python -m bigvar.convert inception --pth=pt_inception-2015-12-05-6726825d.pth "
+           f"--out={weights_dir}` (or --graph=classify_image_graph_def.pb) and pass it as "
+           "--config.eval.inception")
+    weights.require_model(weights_dir, "inception", "an FID InceptionV3", how)
     from bigvar.convert.inception import param_shapes
     return weights.load_weights(weights_dir, param_shapes())
 

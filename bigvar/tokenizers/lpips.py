@@ -35,8 +35,6 @@ and loaded with `variables = load_lpips(DIR)`; then `LPIPS().apply(variables, x,
 """
 from __future__ import annotations
 
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -140,11 +138,5 @@ def lpips_shapes() -> dict:
 def load_lpips(weights_dir: str) -> dict:
     """Variables ({"params": …}, NumPy arrays) for `LPIPS().apply(variables, x, y)` from a
     directory written by `python -m bigvar.convert lpips`; shapes are checked key by key."""
-    if not os.path.isfile(os.path.join(weights_dir, weights.CONFIG)):
-        raise FileNotFoundError(f"{weights_dir} is not an LPIPS weights directory (no "
-                                f"{weights.CONFIG}). {HOW_TO_GET.format(out=weights_dir)}")
-    model = weights.load_config(weights_dir).get("model")
-    if model != "lpips":
-        raise ValueError(f"{weights_dir} holds {model!r} weights, not LPIPS. "
-                         f"{HOW_TO_GET.format(out='DIR')}")
+    weights.require_model(weights_dir, "lpips", "LPIPS", HOW_TO_GET.format(out=weights_dir))
     return weights.load_weights(weights_dir, {"lpips": lpips_shapes()})["lpips"]

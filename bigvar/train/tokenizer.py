@@ -320,7 +320,7 @@ def heldout_images(config, count: int, *, seed_offset: int = 1_000_003):
     return transforms.to_float(images, d.value_range), labels
 
 
-def _to_uint8(images, lo: float, hi: float) -> np.ndarray:
+def to_uint8(images, lo: float, hi: float) -> np.ndarray:
     x = (np.asarray(images, np.float32) - lo) / (hi - lo)
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
 
@@ -355,7 +355,7 @@ class Reconstructor:
         rec = self(variables, images)
         rows = []
         for i in range(0, len(images), cols):
-            rows += [_to_uint8(images[i:i + cols], *self.range), _to_uint8(rec[i:i + cols], *self.range)]
+            rows += [to_uint8(images[i:i + cols], *self.range), to_uint8(rec[i:i + cols], *self.range)]
         return make_grid(np.concatenate(rows), cols=cols)
 
 
