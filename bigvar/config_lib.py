@@ -17,7 +17,7 @@ import ml_collections
 from bigvar import parallel
 from bigvar.errors import invalid
 
-MODES = ("sample", "train", "export", "eval")
+MODES = ("sample", "train", "export", "eval", "probe")
 TOKENIZERS = ("vqvae", "bae")
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -60,6 +60,35 @@ def common_sections(config: ml_collections.ConfigDict) -> None:
     config.tokenizer_from = ""  # training: weights dir holding the frozen tokenizer
     config.mesh = mesh_section()
     config.axis_rules = parallel.DEFAULT_AXIS_RULES
+    config.eval = eval_section()
+
+
+def eval_section(**overrides) -> ml_collections.ConfigDict:
+    """`config.eval`: what `mode=eval` (`bigvar.eval.job`) compares, with which network."""
+    section = ml_collections.ConfigDict(dict(
+        inception="",  # weights dir: `python -m bigvar.convert inception --pth=… | --graph=…`
+        reference="",  # ADM reference batch (VIRTUAL_imagenet256_labeled.npz), or bigvar.eval.reference's
+        samples="",  # evaluate this ADM-format npz instead of sampling
+        preprocessing="adm",  # adm: TF1 resize in the graph; pytorch-fid: torch's bilinear resize
+        batch_size=100,  # images per Inception pass, over all devices
+        precision_recall=True,  # k-NN precision/recall (holds both sets' pool features)
+    ))
+    section.update(overrides)
+    return section
+
+
+def probe_section(**overrides) -> ml_collections.ConfigDict:
+    """`config.probe` (BiGR): `mode=probe`, the linear probe of `bigvar.eval.probe`."""
+    section = ml_collections.ConfigDict(dict(
+        layer=-1,  # the generator block whose output is pooled (inclusive); -1: the middle one
+        train_images=0, val_images=0,  # images of each split (0 = every record)
+        val_path="",  # validation images (folder / ArrayRecord glob); procedural data: another seed
+        batch_size=64,  # images per feature batch, over all devices
+        # The classifier: MAE's linear-probe recipe (BIGR_SPEC §4, unverified for BiGR)
+        probe_batch_size=16384, epochs=90, blr=0.1, warmup_epochs=10, weight_decay=0.0, seed=0,
+    ))
+    section.update(overrides)
+    return section
 
 
 def train_section(**overrides) -> ml_collections.ConfigDict:
@@ -138,6 +167,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     else:
         invalid("model", config.model, "'var', 'bigr', 'vqvae' or 'bae'")
     job.validate_sample_section(config.sample, num_classes)
+    if config.mode == "eval":
+        from bigvar.eval.job import validate_eval_section
+        validate_eval_section(config.eval)
+    if config.mode == "probe":
+        if "probe" not in config:
+            invalid("mode", config.mode, "'probe' only with a BiGR config (configs/bigr*.py)")
+        from bigvar.eval.probe import validate_probe_section
+        validate_probe_section(config.probe, config.bigr.n_layer)
     if config.mode == "train":
         loop.validate_train_section(config, num_classes)
     return config

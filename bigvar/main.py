@@ -6,7 +6,9 @@ Dispatches on `config.mode`:
            (model vqvae | bae), the tokenizer (`bigvar.train.tokenizer`); resumable;
   export   the newest training checkpoint (its EMA when kept) → a weights directory for
            `--config.init_from` / `--config.tokenizer_from` (written to <workdir>/export);
-  eval     reserved for the FID pipeline.
+  eval     FID, sFID, Inception Score, Precision and Recall as the ADM evaluator computes them
+           (`bigvar.eval.job`): samples with the sampling job, or evaluates `eval.samples`;
+  probe    BiGR only: linear probe of the generator's features (`bigvar.eval.probe`).
 The demo config (`configs/demo.py`, model=demo) runs its stages in order (`bigvar.demo`).
 Override any field on the command line, e.g. `--config.sample.cfg=4 --config.init_from=ckpt/var_d16`.
 On several hosts (TPU pod slice, SLURM), pass `--multihost` on every host.
@@ -55,8 +57,11 @@ def run(config, workdir: str):
     if config.mode == "export":
         from bigvar.train import generator
         return {"exported": generator.export_weights(config, workdir)}
-    raise NotImplementedError(
-        f"config.mode={config.mode!r} (the FID pipeline) is not available yet; use sample, train or export")
+    if config.mode == "probe":
+        from bigvar.eval import probe
+        return probe.run(config, workdir)
+    from bigvar.eval import job as eval_job
+    return eval_job.run(config, workdir)
 
 
 class _QuietLibraries(logging.Filter):

@@ -44,7 +44,7 @@ RESUMABLE_FIELDS = (
     "train.steps", "train.epochs", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.async_checkpoints", "train.sample_every",
     "train.sample_images",
-    "sample.*", "mesh.*",
+    "sample.*", "eval.*", "probe.*", "mesh.*",
     "data.num_workers", "data.num_threads", "data.prefetch",
     "*.attn_impl", "*.remat", "*.remat_policy", "*.scan_unroll",
     "allow_random_init",

@@ -8,7 +8,8 @@ Convert the official weights once, then sample:
       --config.init_from=ckpt/bigr_l_d24
 
 Argument: the release (`l_d24`, `xl_d24`, `xxl_d24`, `xxl_d32`, `l_d32_512`), optionally followed
-by `,paper` (the paper's Table 7 sampling settings) or `,fid` (50 images for each class), e.g.
+by `,paper` (the paper's Table 7 sampling settings) or `,fid` (those settings and 50 images for
+each class: the FID-50K protocol of `--config.mode=eval`), e.g.
 `configs/bigr.py:xl_d24,paper`. Defaults are the official sampling script's (cfg 3.0, 20
 iterations, Gumbel 0.01, 100 transcoder steps). `configs/bigr_l_d24.py` … are aliases.
 """
@@ -60,10 +61,11 @@ def get_config(arg=None):
     config.train = config_lib.train_section(
         batch_size=batch_size, epochs=400, lr=1e-4, schedule="constant", twd=0.02, twde=0.02,
         clip=1.0, ema_decay=0.9999)
+    config.probe = config_lib.probe_section()  # mode=probe: linear probing of the features
     config.data = data.data_section(source="folder", path="", num_classes=1000, transform="adm",
                                     value_range="zero_one", hflip=True)
-    if variant == "paper":  # Table 7 of the paper (FID runs): cfg 2.5, I and Gumbel per size
+    if variant in ("paper", "fid"):  # Table 7 of the paper (FID runs): cfg 2.5, I and Gumbel per size
         config.sample.update(cfg=2.5, num_iter=iters, gumbel=gumbel)
-    elif variant == "fid":
+    if variant == "fid":  # … with 50 images for each class, as the paper's FID-50K
         config.sample.update(classes=(), images_per_class=50, batch_size=64)
     return config

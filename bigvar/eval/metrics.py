@@ -192,11 +192,13 @@ def half_row_sums(x: np.ndarray) -> np.ndarray:
                              reduce(rows, lo + left, start + left, count - left))
         return _half_leaf_sums(x[rows, start:start + count])
 
-    # The split points depend on where a row starts modulo the packet size.
-    for phase in range(_PACKET):
-        rows = np.nonzero((np.arange(len(x)) * n) % _PACKET == phase)[0]
-        if len(rows):
-            out[rows] = reduce(rows, phase, 0, n)
+    # The split points depend on where a row starts modulo the packet size. Sums beyond float16
+    # become inf, as in TF (the distance block then falls back to float32).
+    with np.errstate(over="ignore"):
+        for phase in range(_PACKET):
+            rows = np.nonzero((np.arange(len(x)) * n) % _PACKET == phase)[0]
+            if len(rows):
+                out[rows] = reduce(rows, phase, 0, n)
     return out
 
 

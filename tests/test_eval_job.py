@@ -1,0 +1,181 @@
+"""`mode=eval` end to end (`bigvar.eval.job`): metrics.json and the table, 8 devices == 1 device,
+resume without recomputing finished feature batches, the reference's precomputed statistics,
+bad inputs as clear errors, the reference builder; and the CLI that samples, then evaluates."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bigvar import config_lib, main, parallel, weights
+from bigvar.convert import inception as convert_inception
+from bigvar.errors import UserError
+from bigvar.eval import inception, job, metrics, reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PTH = os.path.join(ROOT, "tests", "fixtures", "eval", "pt_inception.pth")
+
+
+@pytest.fixture(scope="module")
+def inception_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("inception") / "weights")
+    config, variables = convert_inception.convert(pth=PTH)
+    weights.save_weights(out, variables, config)
+    return out
+
+
+def smooth_images(seed: int, n: int, size: int = 32) -> np.ndarray:
+    """Images with some structure (random low-frequency fields), so features vary."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (n, 4, 4, 3))
+    x = np.repeat(np.repeat(coarse, size // 4, axis=1), size // 4, axis=2)
+    return np.clip(x + rng.normal(0, 20, x.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    ref, samples = str(d / "ref.npz"), str(d / "samples.npz")
+    np.savez(ref, arr_0=smooth_images(0, 14))
+    np.savez(samples, arr_0=smooth_images(1, 11))
+    return ref, samples
+
+
+def eval_config(inception_dir, ref, samples, **eval_fields):
+    config = config_lib.load_config_file("var_tiny.py")
+    config.mode = "eval"
+    config.eval.update(inception=inception_dir, reference=ref, samples=samples, batch_size=8,
+                       **eval_fields)
+    return config
+
+
+def test_eval_writes_metrics_and_resumes(inception_dir, data, tmp_path, capsys):
+    ref, samples = data
+    workdir = str(tmp_path / "w")
+    summary = main.run(eval_config(inception_dir, ref, samples), workdir)
+    out = capsys.readouterr().out
+    result = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+    for name, key in (("Inception Score", "inception_score"), ("Precision", "precision"),
+                      ("Recall", "recall")):
+        assert f"{name:<16}{result[key]:>12.4f}" in out
+    # 11 images in 2048 dimensions: singular covariances, no FID (ADM's evaluator would stop);
+    # the reason is recorded and the rest is still reported.
+    assert summary["fid"] is result["fid"] is None and f"{'FID':<16}{'n/a':>12}" in out
+    assert any("fid: not computed: 11 images for 2048-dimensional features" in w for w in result["warnings"])
+    assert 0 <= result["precision"] <= 1
+    assert result["num_images"] == 11 and result["num_reference_images"] == 14
+    assert result["feature_batches_computed"] == {"samples": 2, "reference": 2}
+
+    # The same metrics from the features on ONE device (the job used all 8).
+    one = parallel.make_mesh(devices=jax.devices()[:1])
+    extractor = inception.FeatureExtractor(inception.load_inception(inception_dir), "adm", one, 8)
+    feats = {}
+    for name, path in (("sample", samples), ("ref", ref)):
+        with np.load(path) as f:
+            images = f["arr_0"]
+        feats[name] = extractor(images)
+        part = np.load(os.path.join(workdir, "eval", "features",
+                                    "samples" if name == "sample" else "reference", "part_00000.npz"))
+        np.testing.assert_allclose(part["pool"], feats[name]["pool"][:8], rtol=1e-4, atol=1e-5)
+    for key, name in (("sample", samples), ("ref", ref)):  # the statistics the FID would use
+        got = metrics.statistics(feats[key]["pool"], one)
+        np.testing.assert_allclose(got.mu, feats[key]["pool"].astype(np.float64).mean(0), rtol=1e-6)
+    radii = [metrics.manifold_radii(feats[k]["pool"], one) for k in ("ref", "sample")]
+    precision, recall = metrics.precision_recall(feats["ref"]["pool"], radii[0],
+                                                 feats["sample"]["pool"], radii[1], one)
+    assert (result["precision"], result["recall"]) == (precision, recall)
+    assert result["inception_score"] == pytest.approx(
+        metrics.inception_score(feats["sample"]["logits"]), rel=1e-4)
+
+    # Interrupted after one batch: only the missing batch is computed again, same numbers.
+    os.remove(os.path.join(workdir, "eval", "features", "samples", "part_00001.npz"))
+    main.run(eval_config(inception_dir, ref, samples), workdir)
+    again = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+    assert again["feature_batches_computed"] == {"samples": 1, "reference": 0}
+    for key in ("inception_score", "precision", "recall"):
+        assert again[key] == pytest.approx(result[key], rel=1e-6)
+    # Other images under the same names are never mixed with old features.
+    np.savez(samples + ".other.npz", arr_0=smooth_images(2, 11))
+    main.run(eval_config(inception_dir, ref, samples + ".other.npz"), workdir)
+    other = json.load(open(os.path.join(workdir, "eval", "metrics.json")))
+    assert other["feature_batches_computed"] == {"samples": 2, "reference": 0}
+
+
+def test_reference_with_precomputed_statistics(data):
+    """The ADM evaluator's rule: a reference npz that holds mu/sigma/mu_s/sigma_s is used as is."""
+    ref, _ = data
+    with np.load(ref) as f:
+        images = f["arr_0"]
+    rng = np.random.default_rng(5)
+    mu, mu_s = rng.normal(size=2048), rng.normal(size=2023)
+    path = ref + ".stats.npz"
+    np.savez(path, arr_0=images, mu=mu, sigma=np.eye(2048), mu_s=mu_s, sigma_s=np.eye(2023))
+    pool, spatial, precomputed = job.reference_statistics(path, {})
+    assert precomputed and np.array_equal(pool.mu, mu) and np.array_equal(spatial.mu, mu_s)
+    np.savez(path, arr_0=images, mu=mu, sigma=np.eye(2048))
+    with pytest.raises(UserError, match=r"has mu but not \['mu_s', 'sigma_s'\]"):
+        job.reference_statistics(path, {})
+
+
+def test_bad_inputs_are_clear_errors(inception_dir, data, tmp_path):
+    ref, samples = data
+    d = tmp_path
+    np.savez(d / "no_arr0.npz", images=smooth_images(0, 4))
+    np.savez(d / "float.npz", arr_0=smooth_images(0, 4).astype(np.float32))
+    np.savez(d / "nchw.npz", arr_0=smooth_images(0, 4).transpose(0, 3, 1, 2))
+    np.savez(d / "big.npz", arr_0=smooth_images(0, 4, size=64))
+    np.savez(d / "three.npz", arr_0=smooth_images(0, 3))
+    weights.save_weights(str(d / "lpips"), {"x": np.zeros(1)}, {"model": "lpips"})
+    cases = [
+        (dict(samples=str(d / "no_arr0.npz")), r"no_arr0.npz: .*has no 'arr_0' array .*np.savez\(path, arr_0=images\)"),
+        (dict(samples=str(d / "float.npz")), r"float.npz: arr_0 is float32 .*uint8 images N×H×W×3"),
+        (dict(samples=str(d / "nchw.npz")), r"nchw.npz: arr_0 is uint8 \(4, 3, 32, 32\)"),
+        (dict(reference=str(d / "big.npz")), r"big.npz holds 64×64 images but the samples are 32×32: use the reference of that resolution"),
+        (dict(samples=str(d / "three.npz")), r"more than k=3 images"),
+        (dict(inception=str(d / "lpips")), r"holds 'lpips' weights, not an FID InceptionV3"),
+        (dict(inception=""), r"mode=eval needs --config.eval.inception"),
+        (dict(reference=str(d / "missing.npz")), r"--config.eval.reference=.*missing.npz does not exist"),
+        (dict(preprocessing="tf2"), r"eval.preprocessing = 'tf2' is invalid"),
+    ]
+    for fields, message in cases:
+        config = eval_config(inception_dir, ref, samples)
+        config.eval.update(**fields)
+        with pytest.raises(ValueError, match=message):
+            main.run(config, str(d / "w"))
+
+
+def test_reference_builder_is_computed_once(tmp_path):
+    data = config_lib.load_config_file("var_tiny.py").data
+    data.update(source="procedural", num_records=40)
+    out = str(tmp_path / "ref.npz")
+    summary = reference.build(data, out, image_size=32, num_images=12, seed=1)
+    assert summary == {"out": out, "reused": False, "num_images": 12, "skipped_unreadable": 0}
+    with np.load(out) as f:
+        images, labels = f["arr_0"], f["labels"]
+    assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8 and len(set(labels)) > 1
+    assert reference.build(data, out, image_size=32, num_images=12, seed=1)["reused"]
+    with pytest.raises(ValueError, match="made from other arguments"):
+        reference.build(data, out, image_size=32, num_images=12, seed=2)
+
+
+@pytest.mark.slow
+def test_cli_samples_then_evaluates(inception_dir, tmp_path):
+    """`python -m bigvar.main … --config.mode=eval`: the resumable sampling job, then the metrics
+    against a 256-px reference (random tiny VAR: the numbers are poor, the pipeline is real)."""
+    ref = str(tmp_path / "ref.npz")
+    np.savez(ref, arr_0=smooth_images(3, 8, size=256))
+    cmd = [sys.executable, "-m", "bigvar.main", "--config=configs/var_tiny.py", f"--workdir={tmp_path / 'w'}",
+           "--config.mode=eval", f"--config.eval.inception={inception_dir}", f"--config.eval.reference={ref}",
+           "--config.eval.batch_size=8", "--config.sample.classes=(1,2)", "--config.sample.images_per_class=3",
+           "--config.sample.batch_size=6"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sampling" in result.stderr and "Inception features (samples)" in result.stderr
+    metrics_json = json.load(open(tmp_path / "w" / "eval" / "metrics.json"))
+    assert metrics_json["num_images"] == 6 and metrics_json["sampling"]["images_per_class"] == 3
+    assert f"{'Recall':<16}{metrics_json['recall']:>12.4f}" in result.stdout
+    with np.load(tmp_path / "w" / "samples" / "samples.npz") as f:
+        assert f["arr_0"].shape == (6, 256, 256, 3)
