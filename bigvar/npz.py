@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import zipfile
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from bigvar.rundir import atomic_write
 
 
-def write(path: str, arrays: dict[str, np.ndarray | tuple[tuple[int, ...], np.dtype, Iterable[np.ndarray]]]) -> None:
-    """Writes an npz atomically. Each value is an array, or (shape, dtype, chunks): row chunks
-    whose concatenation has that shape (checked)."""
+def write(path: str, arrays: dict) -> None:
+    """Writes an npz atomically, entries in order. Each value is an array; or (shape, dtype,
+    chunks): row chunks whose concatenation has that shape (checked); or a function returning
+    an array, called when its turn comes (so it may hold what an earlier stream gathered)."""
     with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, value in arrays.items():
+            if callable(value):
+                value = np.asarray(value())
             if isinstance(value, np.ndarray):
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, value, allow_pickle=False)

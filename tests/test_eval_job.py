@@ -147,7 +147,7 @@ def test_bad_inputs_are_clear_errors(inception_dir, data, tmp_path):
             main.run(config, str(d / "w"))
 
 
-def test_reference_builder_is_computed_once(tmp_path):
+def test_reference_builder_is_computed_once(inception_dir, tmp_path):
     data = config_lib.load_config_file("var_tiny.py").data
     data.update(source="procedural", num_records=40)
     out = str(tmp_path / "ref.npz")
@@ -159,6 +159,15 @@ def test_reference_builder_is_computed_once(tmp_path):
     assert reference.build(data, out, image_size=32, num_images=12, seed=1)["reused"]
     with pytest.raises(ValueError, match="made from other arguments"):
         reference.build(data, out, image_size=32, num_images=12, seed=2)
+    # With the Inception weights it also stores ADM's precomputed statistics of those images.
+    with_stats = str(tmp_path / "ref_stats.npz")
+    reference.build(data, with_stats, image_size=32, num_images=12, seed=1, inception_dir=inception_dir)
+    one = parallel.make_mesh(devices=jax.devices()[:1])
+    features = inception.FeatureExtractor(inception.load_inception(inception_dir), "adm", one, 12)(images)
+    with np.load(with_stats) as f:
+        assert np.array_equal(f["arr_0"], images)
+        np.testing.assert_allclose(f["mu"], features["pool"].astype(np.float64).mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(f["sigma_s"], np.cov(features["spatial"], rowvar=False), rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -107,26 +107,21 @@ def build(data, out: str, image_size: int = 256, num_images: int = 10_000, seed:
         stats = {k: metrics.MomentAccumulator(extractor.mesh) for k in ("pool", "spatial")}
     labels = []
 
-    def images():
+    def images():  # streamed into arr_0; gathers the labels and statistics on the way
         for chunk_images, chunk_labels in chunks:
             labels.append(chunk_labels)
             if extractor is not None:
                 features = extractor(chunk_images)
                 stats["pool"].add(features["pool"]), stats["spatial"].add(features["spatial"])
             yield chunk_images
-    # arr_0 streams first; the labels and statistics it gathered on the way are written after it.
-    def then(make):
-        yield make()
+
     arrays = {"arr_0": ((count, image_size, image_size, 3), np.uint8, images()),
-              "labels": ((count,), np.int64, then(lambda: np.concatenate(labels))),
+              "labels": lambda: np.concatenate(labels),
               "source": np.asarray(json.dumps(identity, sort_keys=True))}
-    if stats is not None:
-        for key, name, part in (("mu", "pool", "mu"), ("sigma", "pool", "sigma"),
-                                ("mu_s", "spatial", "mu"), ("sigma_s", "spatial", "sigma")):
-            shape = (inception.POOL_DIM if name == "pool" else inception.SPATIAL_DIM,)
-            shape = shape if part == "mu" else shape * 2
-            arrays[key] = (shape, np.float64,
-                           then(lambda name=name, part=part: getattr(stats[name].statistics(), part)))
+    if stats is not None:  # written after arr_0, so the statistics are complete
+        for key, name, field in (("mu", "pool", "mu"), ("sigma", "pool", "sigma"),
+                                 ("mu_s", "spatial", "mu"), ("sigma_s", "spatial", "sigma")):
+            arrays[key] = lambda name=name, field=field: getattr(stats[name].statistics(), field)
     npz.write(out, arrays)
     return {"out": out, "reused": False, "num_images": count, "skipped_unreadable": skipped[0]}
 

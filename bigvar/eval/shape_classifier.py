@@ -93,3 +93,54 @@ class Judge:
         if min(len(f) for f in features) <= features[0].shape[1]:
             return None
         return metrics.frechet_distance(*(metrics.statistics(f) for f in features))
+
+    def accuracy(self, images_float: np.ndarray, labels: np.ndarray) -> float:
+        predicted = self.predict(np.round(images_float * 255.0).astype(np.uint8))
+        return float(np.mean(predicted == labels))
+
+
+def train_or_load(config: ml_collections.ConfigDict, *, num_classes: int, image_size: int,
+                  workdir: str, procedural_seed: int = 0) -> tuple[Judge, float]:
+    """(judge, held-out accuracy). Trained once on procedural images (the same generator as the
+    demo's training data) and kept in `workdir` (a weights directory): a re-run reuses it."""
+    meta = dict(num_classes=num_classes, image_size=image_size, width=config.width,
+                steps=config.steps, seed=config.seed)
+    heldout_x, heldout_y = heldout_set(num_classes, image_size, config.heldout_images,
+                                       procedural_seed)
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        stored = weights.load_config(workdir)
+        if stored.get("classifier") == meta:
+            judge = Judge(num_classes, config.width, weights.load_weights(workdir)["classifier"])
+            return judge, judge.accuracy(heldout_x, heldout_y)
+
+    model = ShapeClassifier(num_classes, config.width)
+    params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, image_size, image_size, 3)))["params"]
+    tx = optax.adam(optax.cosine_decay_schedule(config.lr, config.steps))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    # Training images: the procedural seed of the demo's data, records in a random order.
+    source = ProceduralSource(num_classes, image_size, config.steps * config.batch_size,
+                              seed=procedural_seed)
+    order = np.random.default_rng(config.seed).permutation(len(source))
+    bar = tqdm.trange(config.steps, desc="train judge", unit="step", dynamic_ncols=True)
+    for i in bar:
+        x, y = _procedural_batch(source, order[i * config.batch_size:(i + 1) * config.batch_size])
+        params, opt_state, loss = step(params, opt_state, jnp.asarray(x), jnp.asarray(y))
+        if i % 50 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+    weights.save_weights(workdir, {"classifier": jax.device_get(params)},
+                            {"classifier": meta}, overwrite=True)
+    judge = Judge(num_classes, config.width, params)
+    accuracy = judge.accuracy(heldout_x, heldout_y)
+    with open(os.path.join(workdir, "accuracy.json"), "w") as f:
+        json.dump({"heldout_accuracy": accuracy, "heldout_images": len(heldout_y)}, f)
+    return judge, accuracy
