@@ -134,7 +134,7 @@ def test_bad_inputs_are_clear_errors(inception_dir, data, tmp_path):
         (dict(samples=str(d / "float.npz")), r"float.npz: arr_0 is float32 .*uint8 images N×H×W×3"),
         (dict(samples=str(d / "nchw.npz")), r"nchw.npz: arr_0 is uint8 \(4, 3, 32, 32\)"),
         (dict(reference=str(d / "big.npz")), r"big.npz holds 64×64 images but the samples are 32×32: use the reference of that resolution"),
-        (dict(samples=str(d / "three.npz")), r"more than k=3 images"),
+        (dict(samples=str(d / "three.npz")), r"three.npz holds 3 images; the metrics need at least 4"),
         (dict(inception=str(d / "lpips")), r"holds 'lpips' weights, not an FID InceptionV3"),
         (dict(inception=""), r"mode=eval needs --config.eval.inception"),
         (dict(reference=str(d / "missing.npz")), r"--config.eval.reference=.*missing.npz does not exist"),

@@ -193,6 +193,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sample_shape = check_image_npz(samples_path, "samples")
     if sample_shape[1:3] != ref_shape[1:3]:
         raise UserError(_resolution_mismatch(section.reference, ref_shape, sample_shape[1:3]))
+    fewest = metrics.NEIGHBOURHOOD + 1 if section.precision_recall else 2
+    for path, shape in ((samples_path, sample_shape), (section.reference, ref_shape)):
+        if shape[0] < fewest:
+            raise UserError(f"{path} holds {shape[0]} images; the metrics need at least {fewest} "
+                            f"(precision/recall: the distance to the {metrics.NEIGHBOURHOOD}rd "
+                            "nearest neighbour), and published figures use 50 000 samples")
 
     extractor = inception.FeatureExtractor(variables, section.preprocessing, mesh, section.batch_size)
     network = json.dumps({"weights": array_checksums(variables),
