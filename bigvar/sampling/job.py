@@ -166,6 +166,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     num_batches = -(-n // batch)
     parts = [os.path.join(parts_dir, f"batch_{k:05d}.npz") for k in range(num_batches)]
     grid_count = max(s.grid_cols, 1) * 8
+    token_dtype = np.int32 if config.model == "var" else np.uint8
     grid_images, image_shape, token_shape = [], None, None
     started = time.time()
     for k in tqdm.trange(num_batches, desc="sampling", unit="batch"):
@@ -178,7 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             padded = parallel.pad_to_multiple(labels[index], batch)
             out = sampler.generate(padded, seed=s.seed, first_index=int(index[0]))
             batch_images = out.images[:len(index)]
-            batch_tokens = out.tokens[:len(index)].astype(np.int32 if config.model == "var" else np.uint8)
+            batch_tokens = out.tokens[:len(index)].astype(token_dtype)
             if s.save_pngs:
                 for i, img in zip(index, batch_images):
                     save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), img)
@@ -195,7 +196,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             with np.load(part) as done:
                 yield done[key]
     npz_path = os.path.join(out_dir, "samples.npz")
-    token_dtype = np.int32 if config.model == "var" else np.uint8
     npz.write(npz_path, {"arr_0": ((n,) + image_shape, np.uint8, column("images")),
                          "labels": labels,
                          "tokens": ((n,) + token_shape, token_dtype, column("tokens"))})
