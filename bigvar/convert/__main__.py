@@ -1,10 +1,17 @@
 """Convert official PyTorch checkpoints to bigvar weight directories, without torch.
 
+  python -m bigvar.convert var --from_hub=d16 --out=ckpt/var_d16          # d16 d20 d24 d30 d36
+  python -m bigvar.convert bigr --from_hub=l_d24 --out=ckpt/bigr_l_d24    # l_d24 xl_d24 xxl_d24 xxl_d32 l_d32_512
   python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=ckpt/var_d16
   python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_L_d24.pt --out=ckpt/bigr_l_d24
   python -m bigvar.convert lpips --vgg=vgg16-397923af.pth --lin=vgg.pth --out=ckpt/lpips_vgg
   python -m bigvar.convert inception --pth=pt_inception-2015-12-05-6726825d.pth --out=ckpt/inception
   python -m bigvar.convert inception --graph=classify_image_graph_def.pb --out=ckpt/inception
+
+`--from_hub=NAME` downloads the official files from the Hugging Face Hub (FoundationVision/var,
+haoosz/BiGR) into its cache (HF_HOME / HF_HUB_CACHE; HF_ENDPOINT for a mirror; HF_HUB_OFFLINE=1
+to use only the cache), checks their sha256 (bigvar/convert/hub.py), and converts them exactly as
+if their paths had been given; a second run downloads nothing.
 
 The output directory holds `params/` (orbax) and `config.json`; sample from it with
 `python -m bigvar.main --config=configs/var_d16.py --config.init_from=ckpt/var_d16 --workdir=...`.
@@ -16,6 +23,11 @@ import argparse
 import sys
 
 from bigvar import weights
+from bigvar.convert import hub
+from bigvar.errors import UserError
+
+# The files each model's converter reads: given by path, or all downloaded with --from_hub.
+_FILE_FLAGS = {"var": ("vae", "var"), "bigr": ("bae", "gpt")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="model", required=True)
     var = sub.add_parser("var", help="VAR: VQ-VAE + transformer")
-    var.add_argument("--vae", required=True, help="vae_ch160v4096z32.pth")
-    var.add_argument("--var", required=True, help="var_d16.pth … var_d36.pth, or a training "
+    var.add_argument("--from_hub", default=None, metavar="NAME",
+                     help="download the official files instead of --vae/--var: "
+                     + ", ".join(hub.HUB_MODELS["var"]))
+    var.add_argument("--vae", default=None, help="vae_ch160v4096z32.pth")
+    var.add_argument("--var", default=None, help="var_d16.pth … var_d36.pth, or a training "
                      "checkpoint (ar-ckpt-*.pth, weights under ['trainer']['var_wo_ddp'])")
     var.add_argument("--out", required=True, help="output directory")
     var.add_argument("--patch_nums", default=None,
@@ -33,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="a config file (e.g. configs/var_d16.py) the checkpoint must match")
     var.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     bigr = sub.add_parser("bigr", help="BiGR: binary autoencoder + generator")
-    bigr.add_argument("--bae", required=True, help="binaryae_ema_*.th (EMA BinaryGAN state dict)")
-    bigr.add_argument("--gpt", required=True, help="bigr_L_d24.pt … (weights under ['ema'])")
+    bigr.add_argument("--from_hub", default=None, metavar="NAME",
+                      help="download the official files instead of --bae/--gpt: "
+                      + ", ".join(hub.HUB_MODELS["bigr"]))
+    bigr.add_argument("--bae", default=None, help="binaryae_ema_*.th (EMA BinaryGAN state dict)")
+    bigr.add_argument("--gpt", default=None, help="bigr_L_d24.pt … (weights under ['ema'])")
     bigr.add_argument("--out", required=True, help="output directory")
     bigr.add_argument("--config", default=None,
                       help="a config file (e.g. configs/bigr_l_d24.py) the checkpoint must match")
@@ -69,9 +87,31 @@ def _load_config_file(path: str):
     return fv.config
 
 
+def _resolve_files(args) -> dict | None:
+    """--from_hub=NAME or the explicit file flags, exactly one of the two: downloads and verifies
+    the hub files and sets the file flags to their paths; returns the hub provenance (or None)."""
+    flags = _FILE_FLAGS[args.model]
+    given = [f"--{f}" for f in flags if getattr(args, f) is not None]
+    if args.from_hub is not None:
+        if given:
+            raise UserError(f"--from_hub={args.from_hub} downloads the files itself: drop {' '.join(given)}, "
+                            "or drop --from_hub to convert the files given by path.")
+        paths = hub.fetch(args.model, args.from_hub)
+        for f in flags:
+            setattr(args, f, paths[f])
+        return paths["hub"]
+    if len(given) < len(flags):
+        missing = [f"--{f}" for f in flags if getattr(args, f) is None]
+        raise UserError(f"{' and '.join(missing)} missing: give the paths of the official files "
+                        f"({' '.join(f'--{f}=…' for f in flags)}), or --from_hub=NAME to download them "
+                        f"(one of {', '.join(hub.HUB_MODELS[args.model])}).")
+    return None
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from_hub = _resolve_files(args) if args.model in _FILE_FLAGS else None
         if args.model == "var":
             from bigvar.convert import var
             patch_nums = [int(p) for p in args.patch_nums.split(",")] if args.patch_nums else None
@@ -79,6 +119,8 @@ def main(argv=None) -> int:
             config, params = var.convert(args.vae, args.var, patch_nums, expected)
             model_config = {"model": "var", "var": config.var.to_dict(), "vae": config.vae.to_dict(),
                             "source": {"vae": args.vae, "var": args.var}}
+            if from_hub:
+                model_config["source"]["hub"] = from_hub
             weights.save_weights(args.out, params, model_config, overwrite=args.overwrite)
             v = config.var
             print(f"converted VAR depth={v.depth} width={v.embed_dim} heads={v.num_heads} "
@@ -102,6 +144,8 @@ def main(argv=None) -> int:
             config, params = bigr.convert(args.bae, args.gpt, expected)
             model_config = {"model": "bigr", "bigr": config.bigr.to_dict(), "bae": config.bae.to_dict(),
                             "source": {"bae": args.bae, "gpt": args.gpt}}
+            if from_hub:
+                model_config["source"]["hub"] = from_hub
             weights.save_weights(args.out, params, model_config, overwrite=args.overwrite)
             g, b = config.bigr, config.bae
             print(f"converted BiGR dim={g.dim} layers={g.n_layer} heads={g.n_head} K={g.binary_size} "
