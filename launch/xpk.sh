@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# GKE TPU clusters through XPK (github.com/AI-Hypercomputer/xpk): one workload runs
+# `python -m bigvar.main ... --multihost` in every pod of its slices; JAX finds its peers from the
+# environment GKE gives TPU pods.
+#
+#   launch/xpk.sh COMMAND --cluster=CLUSTER [--workload=NAME] [options] [-- bigvar.main flags]
+#
+# VAR-d16 on one v5e-64 slice of an existing XPK cluster (`xpk cluster create ...`):
+#
+#   launch/xpk.sh create --cluster=my-cluster --workload=var-d16 --tpu-type=v5litepod-64 \
+#       --zone=us-west4-a --max-restarts=10 -- \
+#       --config=configs/var_d16.py --workdir=gs://BUCKET/var_d16 --config.mode=train \
+#       --config.data.source=array_record --config.data.path=gs://BUCKET/imagenet/train \
+#       --config.tokenizer_from=gs://BUCKET/vae
+#   launch/xpk.sh list   --cluster=my-cluster --zone=us-west4-a
+#   launch/xpk.sh logs   --cluster=my-cluster --workload=var-d16 --zone=us-west4-a
+#   launch/xpk.sh delete --cluster=my-cluster --workload=var-d16 --zone=us-west4-a
+#
+# Commands:
+#   create    xpk workload create. The image: --docker-image, one with bigvar installed
+#             (`pip install -e ".[tpu]"`) and the checkout as its working directory; without
+#             it, xpk builds one from --base-docker-image and a copy of this checkout's
+#             pyproject.toml, README.md, bigvar/ and configs/ (needs docker), and every pod runs
+#             `pip install -e ".[tpu]"` before bigvar.main. The flags after `--` must include
+#             --config and --workdir (a gs:// path: every pod writes there). A restarted workload
+#             (--max-restarts, e.g. after a preemption) resumes from the workdir's checkpoint.
+#   list      xpk workload list (only this workload's when --workload is given).
+#   logs      kubectl logs of every pod of the workload, each line prefixed by its pod.
+#   delete    xpk workload delete.
+#
+# Options (a default in brackets):
+#   --cluster NAME                         the XPK cluster [$CLUSTER_NAME]
+#   --workload NAME                        the workload (create, logs, delete)
+#   --project PROJECT                      [$PROJECT_ID, else gcloud's configured project]
+#   --zone ZONE                            [$ZONE, else gcloud's configured zone]
+#   --tpu-type TYPE                        e.g. v5litepod-64 (create)
+#   --num-slices N                         [1]
+#   --docker-image IMAGE                   an image with bigvar installed
+#   --base-docker-image IMAGE              [python:3.12] (without --docker-image)
+#   --max-restarts N                       JobSet restarts after a failure or preemption [0]
+#   --termination-grace-period-seconds S   time between SIGTERM and SIGKILL, for the
+#                                          trainer's last checkpoint [300]
+#   --dry-run                              print every command (`+ ...`, one a line), run none
+#   -h, --help                             this text
+set -euo pipefail
+
+usage() { sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p;}' "$0"; }
+
+die() {  # a usage error: the message, a hint, exit status 2
+  echo "xpk.sh: $*" >&2
+  echo "Run 'launch/xpk.sh --help' for the commands and options." >&2
+  exit 2
+}
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CLUSTER=${CLUSTER_NAME:-}
+WORKLOAD=""
+PROJECT=${PROJECT_ID:-}
+ZONE=${ZONE:-}
+TPU_TYPE=""
+NUM_SLICES=1
+DOCKER_IMAGE=""
+BASE_DOCKER_IMAGE=python:3.12
+MAX_RESTARTS=0
+GRACE_SECONDS=300
+DRY_RUN=0
+COMMAND=""
+BIGVAR_FLAGS=()
+
+value() {  # prints option $1's value; called as X=$(value "$@"), so die's exit 2 ends the script
+  if (($# < 2)) || [[ $2 == --* ]]; then die "$1 needs a value"; fi
+  printf '%s\n' "$2"
+}
+
+while (($# > 0)); do
+  if [[ $1 == --*=* ]]; then  # --option=value -> --option value
+    set -- "${1%%=*}" "${1#*=}" "${@:2}"
+  fi
+  case $1 in
+    -h | --help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1 ;;
+    --cluster) CLUSTER=$(value "$@"); shift ;;
+    --workload) WORKLOAD=$(value "$@"); shift ;;
+    --project) PROJECT=$(value "$@"); shift ;;
+    --zone) ZONE=$(value "$@"); shift ;;
+    --tpu-type) TPU_TYPE=$(value "$@"); shift ;;
+    --num-slices) NUM_SLICES=$(value "$@"); shift ;;
+    --docker-image) DOCKER_IMAGE=$(value "$@"); shift ;;
+    --base-docker-image) BASE_DOCKER_IMAGE=$(value "$@"); shift ;;
+    --max-restarts) MAX_RESTARTS=$(value "$@"); shift ;;
+    --termination-grace-period-seconds) GRACE_SECONDS=$(value "$@"); shift ;;
+    --) shift; BIGVAR_FLAGS=("$@"); break ;;
+    create | list | logs | delete)
+      [[ -z $COMMAND ]] || die "one command at a time (got '$COMMAND' and '$1')"
+      COMMAND=$1 ;;
+    *) die "unknown argument '$1' (flags for bigvar.main go after '--')" ;;
+  esac
+  shift
+done
+
+[[ -n $COMMAND ]] || die "no command: create, list, logs or delete"
+[[ -n $CLUSTER ]] || die "missing --cluster (the XPK cluster's name)"
+if [[ $COMMAND != list && -z $WORKLOAD ]]; then die "$COMMAND needs --workload"; fi
+XPK_FLAGS=(--cluster="$CLUSTER")
+if [[ -n $PROJECT ]]; then XPK_FLAGS+=(--project="$PROJECT"); fi
+if [[ -n $ZONE ]]; then XPK_FLAGS+=(--zone="$ZONE"); fi
+
+quote() {  # $1 as one shell word, quoted only if it needs to be (like Python's shlex.quote)
+  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$1"
+  elif [[ $1 =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='a value', easier to read
+    printf '%s' "${BASH_REMATCH[1]}"
+    quote "${BASH_REMATCH[2]}"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+run_cmd() {  # prints `+ command`; runs it unless --dry-run
+  local line="+" word
+  for word in "$@"; do line+=" $(quote "$word")"; done
+  if ((DRY_RUN)); then
+    echo "$line"
+  else
+    echo "$line" >&2
+    "$@"
+  fi
+}
+
+has_flag() {  # whether bigvar.main flag $1 (--flag=value or --flag value) is in BIGVAR_FLAGS
+  local flag
+  for flag in "${BIGVAR_FLAGS[@]}"; do
+    if [[ $flag == "$1" || $flag == "$1="* ]]; then return 0; fi
+  done
+  return 1
+}
+
+cmd_create() {
+  [[ -n $TPU_TYPE ]] || die "create needs --tpu-type (e.g. v5litepod-64)"
+  has_flag --config || die "create needs bigvar.main's --config after '--' (e.g. -- --config=configs/var_d16.py --workdir=gs://BUCKET/var_d16)"
+  has_flag --workdir || die "create needs bigvar.main's --workdir after '--' (a gs:// path every pod can write)"
+  local main="python -m bigvar.main" flag
+  for flag in "${BIGVAR_FLAGS[@]}" --multihost; do main+=" $(quote "$flag")"; done
+  # `exec`: XPK forwards the pod's SIGTERM to the command's process, which is then the trainer.
+  local image_flags command="exec $main"
+  if [[ -n $DOCKER_IMAGE ]]; then
+    image_flags=(--docker-image="$DOCKER_IMAGE")
+  else
+    local script_dir=${TMPDIR:-/tmp}/bigvar-xpk-$WORKLOAD
+    run_cmd rm -rf "$script_dir"
+    run_cmd mkdir -p "$script_dir"
+    run_cmd cp -R "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/bigvar" "$REPO/configs" "$script_dir/"
+    image_flags=(--base-docker-image="$BASE_DOCKER_IMAGE" --script-dir="$script_dir")
+    command="pip install --quiet -e '.[tpu]' && $command"
+  fi
+  run_cmd xpk workload create "${XPK_FLAGS[@]}" --workload="$WORKLOAD" --tpu-type="$TPU_TYPE" \
+    --num-slices="$NUM_SLICES" "${image_flags[@]}" --max-restarts="$MAX_RESTARTS" \
+    --termination-grace-period-seconds="$GRACE_SECONDS" --command="$command"
+}
+
+cmd_list() {
+  local list=(xpk workload list "${XPK_FLAGS[@]}")
+  if [[ -n $WORKLOAD ]]; then list+=(--filter-by-job="$WORKLOAD"); fi
+  run_cmd "${list[@]}"
+}
+
+cmd_logs() {
+  if [[ -n $ZONE ]]; then  # XPK clusters are regional: the zone without its last part
+    local credentials=(gcloud container clusters get-credentials "$CLUSTER" --region="${ZONE%-*}")
+    if [[ -n $PROJECT ]]; then credentials+=(--project="$PROJECT"); fi
+    run_cmd "${credentials[@]}"
+  fi
+  run_cmd kubectl logs --selector=jobset.sigs.k8s.io/jobset-name="$WORKLOAD" --container=jax-tpu \
+    --prefix --tail=-1 --max-log-requests=1000
+}
+
+cmd_delete() {
+  run_cmd xpk workload delete "${XPK_FLAGS[@]}" --workload="$WORKLOAD"
+}
+
+"cmd_$COMMAND"
