@@ -1,4 +1,5 @@
-"""Entry point: `python -m bigvar.main --config=configs/<file>.py[:arg] --workdir=DIR`.
+"""Entry point: `python -m bigvar.main --config=configs/<file>.py[:arg] [--workdir=DIR]`
+(the workdir defaults to runs/<file>[-<arg>]).
 
 Dispatches on `config.mode`:
   sample   class-conditional sampling to PNGs, a grid and an .npz (`bigvar.sampling.job`);
@@ -11,13 +12,16 @@ Dispatches on `config.mode`:
   probe    BiGR only: linear probe of the generator's features (`bigvar.eval.probe`).
 The demo config (`configs/demo.py`, model=demo) runs its stages in order (`bigvar.demo`).
 Override any field on the command line, e.g. `--config.sample.cfg=4 --config.init_from=ckpt/var_d16`.
-On several hosts (TPU pod slice, SLURM), pass `--multihost` on every host.
-A user error (an unknown `--config.*` field, a bad value or path, a run directory in use or made
-with another config) prints one line, `error: …`, and exits with status 2.
+On several hosts (TPU pod slice, GKE, SLURM), run the same command with `--multihost` on every
+host (`launch/` has the scripts); the workdir must be one every host sees.
+A user error (an unknown flag or `--config.*` field, a bad value, a missing config file or path, a
+run directory in use or made with another config) prints one line, `error: …`, and exits with
+status 2; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -28,10 +32,21 @@ from bigvar.errors import UserError, invalid
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs, logs and checkpoints go.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs, logs and checkpoints go "
+                                "(default: runs/<config name>[-<config argument>]).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
                                 "(one process per host on TPU pods, SLURM, multi-node GPU).")
-flags.mark_flags_as_required(["config", "workdir"])
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --multihost: HOST:PORT of process 0's coordination service; "
+    "by default JAX finds it (Cloud TPU, GKE, SLURM) or reads JAX_COORDINATOR_ADDRESS.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --multihost: how many "
+                                      "processes form the job (by default JAX finds it).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --multihost: this process's index in "
+                                   "[0, --num_processes) (by default JAX finds it).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "With --multihost: a process that stops answering for this many "
+    "seconds (killed, host lost) stops the whole job, each process with an error.")
+flags.mark_flags_as_required(["config"])
 
 
 def run(config, workdir: str):
@@ -64,6 +79,26 @@ def run(config, workdir: str):
     return eval_job.run(config, workdir)
 
 
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, heartbeat_timeout: int = 100) -> None:
+    """Joins this process to the job (`jax.distributed.initialize`); what is not given, JAX finds
+    from the cluster (Cloud TPU, GKE, SLURM, Open MPI). On CPU, the processes' collectives go
+    through gloo (several CPU processes on one machine are how the multi-host paths are tested)."""
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
+    logging.info("process %d of %d: %d of the job's %d devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def default_workdir(config_argument: str) -> str:
+    """runs/<config file name>[-<its argument>]: `configs/bigr.py:l_d24` → runs/bigr-l_d24."""
+    path, _, arg = config_argument.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"{name}-{arg}" if arg else name)
+
+
 class _QuietLibraries(logging.Filter):
     """orbax narrates every checkpoint step at INFO; keep its warnings, drop the chatter."""
 
@@ -72,26 +107,29 @@ class _QuietLibraries(logging.Filter):
 
 
 def main(argv):
-    global _FLAGS_PARSED
-    _FLAGS_PARSED = True
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").addFilter(_QuietLibraries())
-    if _MULTIHOST.value:
-        import jax
-        jax.distributed.initialize()
     try:
-        summary = run(_CONFIG.value, _WORKDIR.value)
+        if _MULTIHOST.value:
+            initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                   _HEARTBEAT_TIMEOUT.value)
+        elif any(flags.FLAGS[name].present for name in ("coordinator_address", "num_processes",
+                                                          "process_id")):
+            raise UserError("--coordinator_address, --num_processes and --process_id go with "
+                            "--multihost: add it")
+        workdir = _WORKDIR.value
+        if workdir is None:
+            workdir = default_workdir(flags.FLAGS["config"].config_filename)
+            print(f"workdir: {workdir} (--workdir=DIR to choose another)", flush=True)
+        summary = run(_CONFIG.value, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if summary:
         for key, value in summary.items():
             print(f"{key}: {value}")
-
-
-_FLAGS_PARSED = False
 
 
 def unknown_field_message(error: BaseException, argv: list[str]) -> str | None:
@@ -111,14 +149,38 @@ def unknown_field_message(error: BaseException, argv: list[str]) -> str | None:
     return None
 
 
+def _flag_error_message(error: flags.Error) -> str:
+    """absl's message, without the traceback ml_collections puts in it when the config file's
+    get_config raised: its first line and, where a traceback follows, the exception's line."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and re.match(r"^\w+(Error|Exception): ", lines[-1]):
+        return f"{lines[0].rstrip(':')} {lines[-1]}".replace("Error whilst parsing config file ", "")
+    return lines[0]
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing; a mistake on the command line (an unknown or missing flag, a bad
+    value, an unknown `--config.<field>`, a missing config file) is one line and exit status 2."""
+    def fail(message: str):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        remaining = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(_flag_error_message(e))
+    except (AttributeError, KeyError) as e:  # raised while applying --config.* overrides
+        message = unknown_field_message(e, argv[1:])
+        if message is None:
+            raise
+        fail(message)
+    path = flags.FLAGS["config"].config_filename.split(":", 1)[0]
+    if not os.path.isfile(path):
+        fail(f"--config={path}: no such file; the configs are in configs/ (e.g. "
+             "--config=configs/var_d16.py)")
+    return remaining
+
+
 if __name__ == "__main__":
     from bigvar import cpu_tuning
     cpu_tuning.reexec_with_huge_pages()  # once, before JAX starts: glibc reads it at exec
-    try:
-        app.run(main)
-    except (AttributeError, KeyError) as e:  # raised while parsing --config.* overrides
-        message = None if _FLAGS_PARSED else unknown_field_message(e, sys.argv[1:])
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    app.run(main, flags_parser=parse_flags)

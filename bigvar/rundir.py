@@ -10,7 +10,8 @@ A training run's workdir (`mode=train`, `mode=export`, the demo) guarantees:
   - integrity: checkpoints carry a checksum of every array (`train/checkpoints.py`).
 Sampling jobs take no lock: their outputs are keyed by their settings and written by rename, so
 two samplers on one directory cannot mix or corrupt each other's files (`sampling/job.py`).
-With several processes only process 0 takes the lock and writes `config.json`.
+With several processes the chief (process 0) takes the lock and writes `config.json` for the job,
+in a workdir every process sees (`prepare` checks that it is shared).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Iterator
 import jax
 import ml_collections
 
+from bigvar import multihost
 from bigvar.errors import UserError
 
 LOCK_FILE = "run.lock"
@@ -77,20 +79,44 @@ class ConfigMismatch(UserError):
 
 
 def prepare(workdir: str) -> str:
-    """Creates `workdir` if needed and checks that it is a writable directory; returns its
-    absolute path."""
+    """Creates `workdir` if needed and checks that it is a writable directory (with several
+    processes: on every process, and the same directory for all); returns its absolute path."""
     workdir = os.path.abspath(workdir)
+    problem = None
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise UserError(f"--workdir={workdir} is a file, not a directory: give a directory "
-                        "(it is created if missing)")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UserError(f"--workdir={workdir} is not writable ({e.strerror or e}): choose "
-                        "another directory or fix its permissions") from None
+        problem = (f"--workdir={workdir} is a file, not a directory: give a directory (it is "
+                   "created if missing)")
+    else:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+                pass
+        except OSError as e:
+            problem = (f"--workdir={workdir} is not writable ({e.strerror or e}): choose another "
+                       "directory or fix its permissions")
+    if not multihost.all_true(problem is None):
+        raise UserError(problem or f"--workdir={workdir} is not usable on another process of "
+                        "this job (its log says why)")
+    if jax.process_count() > 1:
+        _check_shared(workdir)
     return workdir
+
+
+def _check_shared(workdir: str) -> None:
+    """Every process must see the files the chief writes (checkpoints and outputs are written
+    once for the whole job): refuse host-local directories on several hosts."""
+    def mark():
+        fd, path = tempfile.mkstemp(dir=workdir, prefix=".shared-check-")
+        os.close(fd)
+        return os.path.basename(path)
+    marker = os.path.join(workdir, multihost.chief_decides(mark))
+    seen = multihost.all_true(os.path.exists(marker))
+    if multihost.is_chief():
+        os.remove(marker)
+    if not seen:
+        raise UserError(f"--workdir={workdir} is not the same directory on every host: some "
+                        "processes do not see the files process 0 writes there. Give a directory "
+                        "every host shares (gs://bucket/path, or a shared file system).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,17 +212,26 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def exclusive(workdir: str, what: str) -> Iterator[None]:
-    """Holds the run directory's lock for the block (process 0 only)."""
-    if jax.process_index() != 0:
-        yield
-        return
+def exclusive(workdir: str, what: str, config: ml_collections.ConfigDict | None = None
+              ) -> Iterator[None]:
+    """Holds the run directory's lock for the block, and checks (or records) `config` when given.
+    With several processes the chief does both for the job; its refusal stops every process."""
     lock = RunLock(workdir, what)
-    lock.acquire()
+
+    def take():
+        lock.acquire()
+        try:
+            if config is not None:
+                check_config(workdir, config)
+        except BaseException:
+            lock.release()
+            raise
+    multihost.chief_decides(take)
     try:
         yield
     finally:
-        lock.release()
+        if multihost.is_chief():
+            lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,9 +274,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     current = _as_plain(config)
     if not os.path.exists(path):
-        if jax.process_index() == 0:
-            with atomic_write(path) as tmp, open(tmp, "w") as f:
-                json.dump(current, f, indent=2, sort_keys=True)
+        with atomic_write(path) as tmp, open(tmp, "w") as f:
+            json.dump(current, f, indent=2, sort_keys=True)
         return
     with open(path) as f:
         recorded = json.load(f)
@@ -265,6 +299,5 @@ def writing(workdir: str, config: ml_collections.ConfigDict, what: str) -> Itera
     """The run directory for a job that writes checkpoints or exports: created, locked and its
     config checked for the block. Yields the absolute path."""
     workdir = prepare(workdir)
-    with exclusive(workdir, what):
-        check_config(workdir, config)
+    with exclusive(workdir, what, config):
         yield workdir

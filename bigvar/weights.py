@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bigvar import multihost
 from bigvar.errors import MissingFile, UserError
 
 PARAMS = "params"
@@ -37,31 +38,42 @@ ARCH_FIELDS = {  # per model config section: the fields that must match the stor
 
 @contextlib.contextmanager
 def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
-    """Yields a temporary directory that becomes `out_dir` only if the block succeeds."""
+    """Yields a temporary directory that becomes `out_dir` only if the block succeeds. With
+    several processes every process gets the same one (the chief makes and renames it)."""
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; choose another --out or pass "
-                              "--overwrite")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+
+    def make_temporary() -> str:
+        if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+            raise UserError(f"{out_dir} exists and is not empty; choose another --out or pass "
+                            "--overwrite")
+        parent = os.path.dirname(out_dir)
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    tmp = multihost.chief_decides(make_temporary)
     try:
         yield tmp
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        multihost.sync(f"written: {out_dir}")
+        if multihost.is_chief():
+            if os.path.exists(out_dir):
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        multihost.sync(f"in place: {out_dir}")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if multihost.is_chief():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def save_weights(out_dir: str, params: Any, model_config: dict, overwrite: bool = False) -> None:
-    """Saves a params pytree (NumPy or jax arrays) and its model config atomically."""
+    """Saves a params pytree (NumPy or jax arrays; with several processes, every process calls it
+    with the same values) and its model config atomically."""
+    params = jax.tree_util.tree_map(multihost.to_host, params)
     with atomic_directory(out_dir, overwrite) as tmp:
         checkpointer = ocp.PyTreeCheckpointer()
-        checkpointer.save(os.path.join(tmp, PARAMS), jax.tree_util.tree_map(np.asarray, params))
-        with open(os.path.join(tmp, CONFIG), "w") as f:
-            json.dump(model_config, f, indent=2, sort_keys=True)
+        checkpointer.save(os.path.join(tmp, PARAMS), params)
+        if multihost.is_chief():
+            with open(os.path.join(tmp, CONFIG), "w") as f:
+                json.dump(model_config, f, indent=2, sort_keys=True)
 
 
 def load_config(weights_dir: str) -> dict:

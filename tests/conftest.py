@@ -2,6 +2,7 @@
 import os
 
 import chex
+import pytest
 
 from bigvar import cpu_tuning
 
@@ -18,3 +19,14 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+@pytest.fixture(scope="module")
+def inception_dir(tmp_path_factory):
+    """The FID Inception's weights directory, from the small pytorch-fid-format fixture."""
+    from bigvar import weights
+    from bigvar.convert import inception
+    out = str(tmp_path_factory.mktemp("inception") / "weights")
+    config, variables = inception.convert(pth=os.path.join(FIXTURES, "eval", "pt_inception.pth"))
+    weights.save_weights(out, variables, config)
+    return out

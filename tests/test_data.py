@@ -432,6 +432,19 @@ def test_process_shards_concatenate_to_the_global_batch():
             assert parts[0][b][key].shape[0] == 2
 
 
+def test_iterators_started_at_a_global_batch_continue_the_stream_on_any_process_count():
+    """How a checkpoint of P processes resumes on P' processes: from global batch b on."""
+    cfg = _cfg(num_records=13, hflip=True)
+    kw = dict(image_size=12, seed=2)
+    full = _take(data.make_train_iterator(cfg, global_batch=6, **kw), 6)
+    parts = [_take(data.make_train_iterator(cfg, global_batch=6, process_index=p, process_count=2,
+                                            start_batch=4, **kw), 2) for p in range(2)]
+    for b in range(2):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(
+                np.concatenate([parts[p][b][key] for p in range(2)]), full[4 + b][key])
+
+
 def test_process_blocks_are_disjoint_and_covering():
     # What stays true when unreadable records make processes read ahead: every global position
     # belongs to exactly one process.

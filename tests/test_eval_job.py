@@ -11,20 +11,10 @@ import numpy as np
 import pytest
 
 from bigvar import config_lib, main, parallel, weights
-from bigvar.convert import inception as convert_inception
 from bigvar.errors import UserError
 from bigvar.eval import inception, job, metrics, reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PTH = os.path.join(ROOT, "tests", "fixtures", "eval", "pt_inception.pth")
-
-
-@pytest.fixture(scope="module")
-def inception_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("inception") / "weights")
-    config, variables = convert_inception.convert(pth=PTH)
-    weights.save_weights(out, variables, config)
-    return out
 
 
 def smooth_images(seed: int, n: int, size: int = 32) -> np.ndarray:

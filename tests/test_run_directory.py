@@ -307,12 +307,37 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(tmp_path):
         (("--config.var.embd_dim=64",), str(tmp_path / "w"),
          "error: --config.var.embd_dim: the config has no field 'var.embd_dim'; did you mean 'embed_dim'?"),
         ((), str(a_file), f"error: --workdir={a_file} is a file, not a directory"),
+        (("--config.sample.cfg=strong",), str(tmp_path / "w"),
+         "error: flag --config.sample.cfg=strong: could not convert string to float: 'strong'"),
+        (("--config.mode=serve",), str(tmp_path / "w"), "error: config.mode = 'serve' is invalid"),
+        (("--config.init_from=/nowhere",), str(tmp_path / "w"),
+         "error: /nowhere/config.json not found: --config.init_from must be a directory"),
+        (("--num_processes=2",), str(tmp_path / "w"),
+         "error: --coordinator_address, --num_processes and --process_id go with --multihost"),
+        (("--sample_cfg=4",), str(tmp_path / "w"), "error: Unknown command line flag 'sample_cfg'"),
+        (("--config=configs/var_tiny.py:huge",), str(tmp_path / "w"),
+         "error: flag --config=configs/var_tiny.py:huge: ValueError: unknown argument 'huge'"),
+        (("--config=configs/var_d17.py",), str(tmp_path / "w"),
+         "error: --config=configs/var_d17.py: no such file; the configs are in configs/"),
     ]
     for flags, workdir, message in cases:
-        result = _cli(workdir, *flags)
+        config = [f.split("=", 1)[1] for f in flags if f.startswith("--config=")]
+        result = _cli(workdir, *[f for f in flags if not f.startswith("--config=")],
+                      config=config[0] if config else "configs/var_tiny.py")
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
         assert "Traceback" not in result.stderr
+
+
+def test_the_workdir_defaults_to_runs_and_the_config_name(tmp_path):
+    from bigvar import main
+    assert main.default_workdir("configs/var_d30.py") == "runs/var_d30"
+    assert main.default_workdir("/x/configs/bigr.py:l_d24") == "runs/bigr-l_d24"
+    result = subprocess.run([sys.executable, "-m", "bigvar.main",
+                             f"--config={ROOT}/configs/var_tiny.py", "--config.mode=serve"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert "workdir: runs/var_tiny (--workdir=DIR to choose another)" in result.stdout, result.stderr
+    assert result.returncode == 2 and (tmp_path / "runs" / "var_tiny").is_dir()
 
 
 def test_a_workdir_that_cannot_be_written_is_a_clear_error(tmp_path):

@@ -267,8 +267,10 @@ class _ToFloat:
 
 
 def make_train_iterator(data_config, *, image_size: int, global_batch: int, seed: int,
-                        process_index: int = 0, process_count: int = 1):
-    """An endless grain iterator of this process's training batches (see the module docstring).
+                        process_index: int = 0, process_count: int = 1, start_batch: int = 0):
+    """An endless grain iterator of this process's training batches (see the module docstring),
+    from global batch `start_batch` on (how a run resumes on another number of processes: exact
+    unless unreadable images were skipped before, whose count only the saved state knows).
 
     Yields {"image": float32 (global_batch // process_count, R, R, 3) in data.value_range,
     "label": int32 (global_batch // process_count,)}. Supports get_state()/set_state();
@@ -300,7 +302,7 @@ def make_train_iterator(data_config, *, image_size: int, global_batch: int, seed
 
     # Element k of this map is this process's k-th record; no None ever comes out of it, so
     # grain's worker interleaving keeps the exact order (unreadable ones are markers).
-    ds = grain.MapDataset.range(sys.maxsize).map(load)
+    ds = grain.MapDataset.range(start_batch * local_batch, sys.maxsize).map(load)
     # Procedural rendering is GIL-bound numpy: read threads would only add contention.
     num_threads = 0 if cfg.source == "procedural" else cfg.num_threads
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bigvar import multihost
 from bigvar.nn import resize
 
 INPUT_SIZE = 299
@@ -287,7 +288,7 @@ class FeatureExtractor:
             padded = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk),) + chunk.shape[1:],
                                                      np.uint8)]) if len(chunk) < self.batch_size else chunk
             out = self._run(self.params, jax.device_put(padded, self._sharding))
-            outs.append({k: np.asarray(v)[:len(chunk)] for k, v in out.items()})
+            outs.append({k: multihost.to_host(v)[:len(chunk)] for k, v in out.items()})
         if not outs:
             return {"pool": np.zeros((0, POOL_DIM), np.float32),
                     "spatial": np.zeros((0, SPATIAL_DIM), np.float32),

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bigvar import npz, parallel
+from bigvar import multihost, npz, parallel
 from bigvar.errors import UserError, invalid
 from bigvar.eval import inception, metrics
 from bigvar.rundir import atomic_write
@@ -76,18 +76,22 @@ def cached_batches(batches: Iterable[np.ndarray], compute, out_dir: str, digest:
                    desc: str, total: int) -> Iterator[tuple[dict, bool]]:
     """(features, computed) for each image batch: `compute(images)` → {name: array}, kept in
     `out_dir/part_<k>.npz` with the checksum of its images and `digest` (what computed it); a
-    part made from the same images with the same digest is read instead (resume)."""
+    part made from the same images with the same digest is read instead (resume). With several
+    processes, `compute` is collective: a batch is read from its part only when every process
+    could, and the chief writes the parts."""
     os.makedirs(out_dir, exist_ok=True)
-    for k, images in enumerate(tqdm.tqdm(batches, total=total, desc=desc, unit="batch")):
+    for k, images in enumerate(tqdm.tqdm(batches, total=total, desc=desc, unit="batch",
+                                         disable=not multihost.is_chief())):
         part = os.path.join(out_dir, f"part_{k:05d}.npz")
         key = f"{digest}:{_sha(np.ascontiguousarray(images).tobytes())}"
         features = _load_part(part, key)
-        if features is not None:
+        if multihost.all_true(features is not None):
             yield features, False
             continue
         features = compute(images)
-        with atomic_write(part) as tmp:
-            np.savez(tmp, key=key, **features)
+        if multihost.is_chief():
+            with atomic_write(part) as tmp:
+                np.savez(tmp, key=key, **features)
         yield features, True
 
 
@@ -221,9 +225,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         feature_batches_computed={"samples": computed_s, "reference": computed_r},
         seconds=round(time.time() - started, 1))
     path = os.path.join(eval_dir, "metrics.json")
-    with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    print(format_table(result))
+    if multihost.is_chief():
+        with atomic_write(path) as tmp, open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        print(format_table(result))
+    multihost.sync("eval: metrics written")
     return {"metrics": path, **{k: result[k] for k in ("fid", "sfid", "inception_score")}}
 
 

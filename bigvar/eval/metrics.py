@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from scipy import linalg
 
-from bigvar import parallel
+from bigvar import multihost, parallel
 
 IS_SPLIT = 5000
 NEIGHBOURHOOD = 3
@@ -97,8 +97,8 @@ class MomentAccumulator:
         x, valid = _pad_rows(features, parallel.data_parallel_size(self.mesh))
         total, outer = _moment_fn(self.mesh)(x, valid, self.shift)
         self.count += len(features)
-        self.total += np.asarray(total, np.float64)
-        self.outer += np.asarray(outer, np.float64)
+        self.total += multihost.to_host(total).astype(np.float64)
+        self.outer += multihost.to_host(outer).astype(np.float64)
 
     def statistics(self) -> Statistics:
         if self.count < 2:
@@ -245,7 +245,7 @@ def _row_blocks(per_row, rows, mesh, block: int, *replicated):
     fn = jax.jit(jax.shard_map(per_device, mesh=mesh,
                                in_specs=((P(_AXES),) * len(rows),) + (P(),) * len(replicated),
                                out_specs=P(_AXES), check_vma=False))
-    return np.asarray(fn(padded, *replicated))[:n]
+    return multihost.to_host(fn(padded, *replicated))[:n]
 
 
 def manifold_radii(features: np.ndarray, mesh=None, k: int = NEIGHBOURHOOD,

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bigvar import models, parallel
+from bigvar import models, multihost, parallel
 from bigvar.data import pipeline, transforms
 from bigvar.errors import UserError, invalid
 from bigvar.eval.job import cached_batches
@@ -197,9 +197,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "settings": json.loads(probe.to_json()), "seconds": round(time.time() - started, 1),
     }
     path = os.path.join(out, "result.json")
-    with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"linear probe, block {layer} of {config.bigr.n_layer}: top-1 {100 * result['top1']:.1f}% "
-          f"on {result['val_images']} validation images (train {100 * result['train_top1']:.1f}%, "
-          f"chance {100 * result['chance']:.1f}%)")
+    if multihost.is_chief():
+        with atomic_write(path) as tmp, open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"linear probe, block {layer} of {config.bigr.n_layer}: top-1 {100 * result['top1']:.1f}% "
+              f"on {result['val_images']} validation images (train {100 * result['train_top1']:.1f}%, "
+              f"chance {100 * result['chance']:.1f}%)")
+    multihost.sync("probe: result written")
     return {"result": path, "top1": result["top1"]}

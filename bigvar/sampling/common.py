@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bigvar import parallel
+from bigvar import multihost, parallel
 
 
 def per_sample_keys(seed: jax.Array, sample_index: jax.Array) -> jax.Array:
@@ -89,8 +89,9 @@ class Sampler:
 
     @staticmethod
     def _unpad(outputs, n: int):
-        """A NamedTuple of outputs (arrays or None) as NumPy, without the padding rows."""
-        return type(outputs)(*(None if x is None else np.asarray(x)[:n] for x in outputs))
+        """A NamedTuple of outputs (arrays or None) as NumPy, without the padding rows; on every
+        process, whichever devices made them."""
+        return type(outputs)(*(None if x is None else multihost.to_host(x)[:n] for x in outputs))
 
     def _jit(self, key, fn):
         """`jax.jit(fn)`, made once per `key`, which names everything static that fn closes over."""

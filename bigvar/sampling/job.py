@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bigvar import config_lib, models, npz, parallel, weights
+from bigvar import config_lib, models, multihost, npz, parallel, weights
 from bigvar.errors import UserError, invalid
 from bigvar.images import make_grid, save_png
 from bigvar.rundir import atomic_write
@@ -159,49 +159,91 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     out_dir = os.path.join(workdir, "samples")
     parts_dir, png_dir = os.path.join(out_dir, "parts"), os.path.join(out_dir, "images")
-    os.makedirs(parts_dir, exist_ok=True)
-    claim_samples_dir(out_dir, identity)
-    if s.save_pngs:
-        os.makedirs(png_dir, exist_ok=True)
     num_batches = -(-n // batch)
     parts = [os.path.join(parts_dir, f"batch_{k:05d}.npz") for k in range(num_batches)]
     grid_count = max(s.grid_cols, 1) * 8
     token_dtype = np.int32 if config.model == "var" else np.uint8
-    grid_images, image_shape, token_shape = [], None, None
-    started = time.time()
-    for k in tqdm.trange(num_batches, desc="sampling", unit="batch"):
-        index = np.arange(k * batch, min((k + 1) * batch, n))
-        done = _load_part(parts[k], index, digest)
-        if done is not None:  # finished by an earlier run of this job
-            batch_images, batch_tokens = done
-        else:
-            # A ragged last batch is padded to the full batch: one compiled shape for the whole job.
-            padded = parallel.pad_to_multiple(labels[index], batch)
-            out = sampler.generate(padded, seed=s.seed, first_index=int(index[0]))
-            batch_images = out.images[:len(index)]
-            batch_tokens = out.tokens[:len(index)].astype(token_dtype)
-            if s.save_pngs:
-                for i, img in zip(index, batch_images):
-                    save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), img)
+
+    def claim():  # the chief's: the directory, its identity and which batches are finished
+        os.makedirs(parts_dir, exist_ok=True)
+        claim_samples_dir(out_dir, identity)
+        if s.save_pngs:
+            os.makedirs(png_dir, exist_ok=True)
+        return [k for k in range(num_batches)
+                if _load_part(parts[k], _batch_index(k, batch, n), digest) is not None]
+    finished = set(multihost.chief_decides(claim))
+    if finished:
+        logging.info("%d of %d batches were finished by an earlier run of this job",
+                     len(finished), num_batches)
+
+    # Every process takes part in every batch (each device makes its rows); the chief writes the
+    # part files, and each process the PNGs of its own rows.
+    me, processes = jax.process_index(), jax.process_count()
+    started, pngs_written = time.time(), 0
+    for k in tqdm.tqdm(sorted(set(range(num_batches)) - finished), desc="sampling", unit="batch",
+                       disable=not multihost.is_chief()):
+        index = _batch_index(k, batch, n)
+        # A ragged last batch is padded to the full batch: one compiled shape for the whole job.
+        padded = parallel.pad_to_multiple(labels[index], batch)
+        out = sampler.generate(padded, seed=s.seed, first_index=int(index[0]))
+        batch_images = out.images[:len(index)]
+        batch_tokens = out.tokens[:len(index)].astype(token_dtype)
+        if s.save_pngs:
+            for row in range(me, len(index), processes):
+                i = index[row]
+                save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), batch_images[row])
+                pngs_written += 1
+            multihost.sync(f"sampling job: PNGs of batch {k}")  # before the part marks them done
+        if multihost.is_chief():
             with atomic_write(parts[k]) as tmp:  # written last: it marks the batch finished
                 np.savez(tmp, images=batch_images, tokens=batch_tokens, index=index, job=digest)
-        image_shape, token_shape = batch_images.shape[1:], batch_tokens.shape[1:]
-        if sum(map(len, grid_images)) < grid_count:
-            grid_images.append(batch_images)
     seconds = time.time() - started
+    multihost.sync("sampling job: every batch written")
 
-    # The npz is assembled part by part: the images of a 50k job never sit in memory at once.
+    npz_path, grid_path = os.path.join(out_dir, "samples.npz"), os.path.join(out_dir, "grid.png")
+    if multihost.is_chief():
+        write_outputs(parts, labels, token_dtype, npz_path, grid_path, grid_count, s.grid_cols)
+    multihost.sync("sampling job: outputs written")
+    summary = dict(num_images=n, seconds=seconds, grid=grid_path, npz=npz_path,
+                   pngs=png_dir if s.save_pngs else None)
+    if processes > 1:
+        logging.info("process %d of %d: its devices sampled %d rows, it wrote %d PNGs", me,
+                     processes, _local_rows(mesh, batch) * (num_batches - len(finished)), pngs_written)
+    logging.info("wrote %d images in %.1fs: grid %s, npz %s", n, seconds, grid_path, npz_path)
+    return summary
+
+
+def _batch_index(k: int, batch: int, n: int) -> np.ndarray:
+    """Global sample indices of batch k."""
+    return np.arange(k * batch, min((k + 1) * batch, n))
+
+
+def _local_rows(mesh, batch: int) -> int:
+    """How many rows of each (padded) batch this process's devices make."""
+    padded = -(-batch // parallel.data_parallel_size(mesh)) * parallel.data_parallel_size(mesh)
+    rows = set()
+    for index, *_ in parallel.batch_sharding(mesh).addressable_devices_indices_map((padded,)).values():
+        rows.update(range(*index.indices(padded)))
+    return len(rows)
+
+
+def write_outputs(parts: list[str], labels: np.ndarray, token_dtype, npz_path: str, grid_path: str,
+                  grid_count: int, grid_cols: int) -> None:
+    """`samples.npz` and the grid from the finished parts. The npz is assembled part by part: the
+    images of a 50k job never sit in memory at once."""
     def column(key):
         for part in parts:
             with np.load(part) as done:
                 yield done[key]
-    npz_path = os.path.join(out_dir, "samples.npz")
+    with np.load(parts[0]) as first:
+        image_shape, token_shape = first["images"].shape[1:], first["tokens"].shape[1:]
+    n = len(labels)
     npz.write(npz_path, {"arr_0": ((n,) + image_shape, np.uint8, column("images")),
                          "labels": labels,
                          "tokens": ((n,) + token_shape, token_dtype, column("tokens"))})
-    grid_path = os.path.join(out_dir, "grid.png")
-    save_png(grid_path, make_grid(np.concatenate(grid_images)[:grid_count], s.grid_cols))
-    summary = dict(num_images=n, seconds=seconds, grid=grid_path, npz=npz_path,
-                   pngs=png_dir if s.save_pngs else None)
-    logging.info("wrote %d images in %.1fs: grid %s, npz %s", n, seconds, grid_path, npz_path)
-    return summary
+    grid_images = []
+    for images in column("images"):
+        if sum(map(len, grid_images)) >= grid_count:
+            break
+        grid_images.append(images)
+    save_png(grid_path, make_grid(np.concatenate(grid_images)[:grid_count], grid_cols))

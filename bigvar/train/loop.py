@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import tqdm
 
-from bigvar import config_lib, data as data_lib, parallel, rundir, weights
+from bigvar import config_lib, data as data_lib, multihost, parallel, rundir, weights
 from bigvar.images import save_png
 from bigvar.errors import MissingFile, UserError, invalid
 from bigvar.train import state as state_lib
@@ -90,18 +90,15 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
     writer = MetricWriter(os.path.join(workdir, "logs"), is_chief=chief)
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints,
                         async_save=t.async_checkpoints)
-    data_iter = data_lib.make_train_iterator(
-        config.data, image_size=spec.image_size, global_batch=t.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
-
     restored = ckpts.restore_latest(spec.abstract_state)
     if restored is not None:
         start, state, host_state = restored
-        data_lib.restore_iterator_state(data_iter, json.dumps(host_state["iterator"]).encode())
+        data_iter = _resumed_iterator(config, spec, host_state, start)
         window = MetricWindow(host_state.get("metrics"))
         logging.info("resumed from step %d (%s)", start, ckpts.directory)
     else:
         start, state, window = 0, spec.init_state(), MetricWindow()
+        data_iter = _data_iterator(config, spec)
     writer.truncate_after(start)
     summary = {"steps": spec.steps, "checkpoints": ckpts.directory,
                "metrics": os.path.join(workdir, "logs", "metrics.jsonl")}
@@ -132,7 +129,7 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
         bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
         if (step + 1) % t.log_every == 0 or step == 0 or step + 1 == spec.steps:
             scalars = window.pop_means()  # means over the steps since the last log line
-            scalars["skipped_images"] = data_lib.skipped_count(data_iter)
+            scalars["skipped_images"] = sum(multihost.gather_json(data_lib.skipped_count(data_iter)))
             scalars["steps_per_s"] = (step + 1 - start) / max(time.time() - began, 1e-9)
             if spec.on_log is not None:
                 scalars.update(spec.on_log(state, step + 1))
@@ -153,8 +150,9 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
             stopping = stop.reached(step)
             if step % t.checkpoint_every == 0 or step == spec.steps or stopping:
                 finish_pending()  # never save past a non-finite step
-                ckpts.save(step, state, {
-                    "iterator": json.loads(data_lib.iterator_state_to_bytes(data_iter)),
+                ckpts.save(step, state, {  # the chief writes it: it holds every process's
+                    "iterators": multihost.gather_json(  # data position
+                        json.loads(data_lib.iterator_state_to_bytes(data_iter))),
                     "metrics": window.state()})
             if (spec.grids and spec.grid_every and not stopping
                     and (step % spec.grid_every == 0 or step == spec.steps)):
@@ -176,6 +174,41 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
         stop.restore_handlers()
     return {**summary, "steps": step,
             "samples": grids_dir if os.path.isdir(grids_dir) else "(none)"}, state
+
+
+def _data_iterator(config, spec: LoopSpec, start_batch: int = 0):
+    return data_lib.make_train_iterator(
+        config.data, image_size=spec.image_size, global_batch=config.train.batch_size,
+        seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+        start_batch=start_batch)
+
+
+def _resumed_iterator(config, spec: LoopSpec, host_state: dict, step: int):
+    """This process's data iterator where the checkpoint of `step` left it. The checkpoint holds
+    each process's iterator state; saved by another number of processes, the iterators start at
+    global batch `step` instead (the same batches, unless unreadable images had been skipped)."""
+    saved = host_state.get("iterators") or [host_state["iterator"]]  # (one process, before 2026-12)
+    if len(saved) == jax.process_count():
+        data_iter = _data_iterator(config, spec)
+        data_lib.restore_iterator_state(data_iter, json.dumps(saved[jax.process_index()]).encode())
+        return data_iter
+    skipped = sum(data_lib.skipped_count(_StateView(s)) for s in saved)
+    logging.log(logging.WARNING if skipped else logging.INFO,
+                "the checkpoint was written by %d processes, this run has %d: the data restarts "
+                "at global batch %d%s", len(saved), jax.process_count(), step,
+                f" ({skipped} unreadable images had been skipped, so the batches from here on are "
+                "close to, not exactly, the uninterrupted run's)" if skipped else "")
+    return _data_iterator(config, spec, start_batch=step)
+
+
+class _StateView:
+    """A saved iterator state, readable by `data.skipped_count`."""
+
+    def __init__(self, saved: dict):
+        self._state = saved["grain_state"]
+
+    def get_state(self) -> dict:
+        return self._state
 
 
 def check_batch(config, mesh) -> None:
@@ -227,5 +260,5 @@ def export_newest(config, workdir: str, out_dir: str | None, make_trainer: Calla
                         "source": {"workdir": os.path.abspath(workdir), "step": int(step),
                                    "weights": "ema" if "ema" in state else "params"}}
         out_dir = out_dir or os.path.join(workdir, "export")
-        weights.save_weights(out_dir, jax.device_get(exported), model_config, overwrite=True)
+        weights.save_weights(out_dir, exported, model_config, overwrite=True)
         return out_dir

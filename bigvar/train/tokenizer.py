@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from flax.linen import unbox
 
-from bigvar import config_lib, data as data_lib, models, parallel, weights
+from bigvar import config_lib, data as data_lib, models, multihost, parallel, weights
 from bigvar.data import transforms
 from bigvar.data.procedural import ProceduralSource
 from bigvar.errors import invalid
@@ -342,7 +342,8 @@ class Reconstructor:
             chunk = images[i:i + batch]
             n = len(chunk)
             padded = parallel.pad_to_multiple(chunk, parallel.data_parallel_size(self.mesh))
-            outs.append(np.asarray(self._fn(variables, jnp.asarray(padded)))[:n])
+            batch_on_mesh = jax.device_put(padded, parallel.batch_sharding(self.mesh))
+            outs.append(multihost.to_host(self._fn(variables, batch_on_mesh))[:n])
         return np.concatenate(outs)
 
     def psnr(self, variables, images) -> float:
