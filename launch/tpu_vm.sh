@@ -49,13 +49,8 @@
 #   -h, --help                 this text
 set -euo pipefail
 
-usage() { sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p;}' "$0"; }
-
-die() {  # a usage error: the message, a hint, exit status 2
-  echo "tpu_vm.sh: $*" >&2
-  echo "Run 'launch/tpu_vm.sh --help' for the commands and options." >&2
-  exit 2
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 NAME=${TPU_NAME:-}
@@ -69,11 +64,6 @@ RUN_NAME=""
 DRY_RUN=0
 COMMAND=""
 BIGVAR_FLAGS=()
-
-value() {  # prints option $1's value; called as X=$(value "$@"), so die's exit 2 ends the script
-  if (($# < 2)) || [[ $2 == --* ]]; then die "$1 needs a value"; fi
-  printf '%s\n' "$2"
-}
 
 while (($# > 0)); do
   if [[ $1 == --*=* ]]; then  # --option=value -> --option value
@@ -107,28 +97,6 @@ if [[ -n $PROJECT ]]; then GCLOUD_FLAGS+=(--project="$PROJECT"); fi
 # The trainer's command line on a worker, for pgrep/pkill -f: anchored at `python`, so that it
 # does not match the shell that runs an ssh command line containing this pattern.
 TRAINER='^[^ ]*python[^ ]* -m bigvar[.]main'
-
-quote() {  # $1 as one shell word, quoted only if it needs to be (like Python's shlex.quote)
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='a value', easier to read
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-run_cmd() {  # prints `+ command`; runs it unless --dry-run
-  local line="+" word
-  for word in "$@"; do line+=" $(quote "$word")"; done
-  if ((DRY_RUN)); then
-    echo "$line"
-  else
-    echo "$line" >&2
-    "$@"
-  fi
-}
 
 on_all_workers() {  # runs the shell command $1 on every worker of the slice
   run_cmd gcloud compute tpus tpu-vm ssh "$NAME" "${GCLOUD_FLAGS[@]}" --worker=all --command="$1"

@@ -44,13 +44,8 @@
 #   -h, --help                             this text
 set -euo pipefail
 
-usage() { sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p;}' "$0"; }
-
-die() {  # a usage error: the message, a hint, exit status 2
-  echo "xpk.sh: $*" >&2
-  echo "Run 'launch/xpk.sh --help' for the commands and options." >&2
-  exit 2
-}
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CLUSTER=${CLUSTER_NAME:-}
@@ -66,11 +61,6 @@ GRACE_SECONDS=300
 DRY_RUN=0
 COMMAND=""
 BIGVAR_FLAGS=()
-
-value() {  # prints option $1's value; called as X=$(value "$@"), so die's exit 2 ends the script
-  if (($# < 2)) || [[ $2 == --* ]]; then die "$1 needs a value"; fi
-  printf '%s\n' "$2"
-}
 
 while (($# > 0)); do
   if [[ $1 == --*=* ]]; then  # --option=value -> --option value
@@ -104,36 +94,6 @@ if [[ $COMMAND != list && -z $WORKLOAD ]]; then die "$COMMAND needs --workload";
 XPK_FLAGS=(--cluster="$CLUSTER")
 if [[ -n $PROJECT ]]; then XPK_FLAGS+=(--project="$PROJECT"); fi
 if [[ -n $ZONE ]]; then XPK_FLAGS+=(--zone="$ZONE"); fi
-
-quote() {  # $1 as one shell word, quoted only if it needs to be (like Python's shlex.quote)
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  elif [[ $1 =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then  # --flag='a value', easier to read
-    printf '%s' "${BASH_REMATCH[1]}"
-    quote "${BASH_REMATCH[2]}"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-run_cmd() {  # prints `+ command`; runs it unless --dry-run
-  local line="+" word
-  for word in "$@"; do line+=" $(quote "$word")"; done
-  if ((DRY_RUN)); then
-    echo "$line"
-  else
-    echo "$line" >&2
-    "$@"
-  fi
-}
-
-has_flag() {  # whether bigvar.main flag $1 (--flag=value or --flag value) is in BIGVAR_FLAGS
-  local flag
-  for flag in "${BIGVAR_FLAGS[@]}"; do
-    if [[ $flag == "$1" || $flag == "$1="* ]]; then return 0; fi
-  done
-  return 1
-}
 
 cmd_create() {
   [[ -n $TPU_TYPE ]] || die "create needs --tpu-type (e.g. v5litepod-64)"
