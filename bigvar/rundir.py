@@ -81,6 +81,9 @@ class ConfigMismatch(UserError):
 def prepare(workdir: str) -> str:
     """Creates `workdir` if needed and checks that it is a writable directory (with several
     processes: on every process, and the same directory for all); returns its absolute path."""
+    if "://" in workdir:  # (os.path would make gs://b/run the local folder ./gs:/b/run)
+        raise UserError(f"--workdir={workdir}: URLs are not supported yet; give a directory on a "
+                        "local or shared file system (with several hosts, one every host mounts)")
     workdir = os.path.abspath(workdir)
     problem = None
     if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -116,7 +119,7 @@ def _check_shared(workdir: str) -> None:
     if not seen:
         raise UserError(f"--workdir={workdir} is not the same directory on every host: some "
                         "processes do not see the files process 0 writes there. Give a directory "
-                        "every host shares (gs://bucket/path, or a shared file system).")
+                        "every host shares (a shared file system mounted at the same path).")
 
 
 # ---------------------------------------------------------------------------------------------

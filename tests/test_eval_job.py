@@ -1,10 +1,9 @@
 """`mode=eval` end to end (`bigvar.eval.job`): metrics.json and the table, 8 devices == 1 device,
 resume without recomputing finished feature batches, the reference's precomputed statistics,
-bad inputs as clear errors, the reference builder; and the CLI that samples, then evaluates."""
+bad inputs as clear errors, the reference builder. (The CLI that samples, then evaluates, runs
+in tests/test_multihost.py, as 1 process and as 2.)"""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,8 +12,6 @@ import pytest
 from bigvar import config_lib, main, parallel, weights
 from bigvar.errors import UserError
 from bigvar.eval import inception, job, metrics, reference
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def smooth_images(seed: int, n: int, size: int = 32) -> np.ndarray:
@@ -158,23 +155,3 @@ def test_reference_builder_is_computed_once(inception_dir, tmp_path):
         assert np.array_equal(f["arr_0"], images)
         np.testing.assert_allclose(f["mu"], features["pool"].astype(np.float64).mean(0), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(f["sigma_s"], np.cov(features["spatial"], rowvar=False), rtol=1e-3, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_cli_samples_then_evaluates(inception_dir, tmp_path):
-    """`python -m bigvar.main … --config.mode=eval`: the resumable sampling job, then the metrics
-    against a 256-px reference (random tiny VAR: the numbers are poor, the pipeline is real)."""
-    ref = str(tmp_path / "ref.npz")
-    np.savez(ref, arr_0=smooth_images(3, 8, size=256))
-    cmd = [sys.executable, "-m", "bigvar.main", "--config=configs/var_tiny.py", f"--workdir={tmp_path / 'w'}",
-           "--config.mode=eval", f"--config.eval.inception={inception_dir}", f"--config.eval.reference={ref}",
-           "--config.eval.batch_size=8", "--config.sample.classes=(1,2)", "--config.sample.images_per_class=3",
-           "--config.sample.batch_size=6"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "sampling" in result.stderr and "Inception features (samples)" in result.stderr
-    metrics_json = json.load(open(tmp_path / "w" / "eval" / "metrics.json"))
-    assert metrics_json["num_images"] == 6 and metrics_json["sampling"]["images_per_class"] == 3
-    assert f"{'Recall':<16}{metrics_json['recall']:>12.4f}" in result.stdout
-    with np.load(tmp_path / "w" / "samples" / "samples.npz") as f:
-        assert f["arr_0"].shape == (6, 256, 256, 3)

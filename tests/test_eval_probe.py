@@ -20,6 +20,7 @@ def tiny(**probe_fields):
     return config
 
 
+@pytest.mark.slow
 def test_features_are_the_pooled_residual_stream_on_any_device_count():
     config = tiny(layer=0)
     images = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)

@@ -20,6 +20,7 @@ def tiny_config():
     return module.get_config()
 
 
+@pytest.mark.slow
 def test_cli_sample_writes_grid_pngs_and_npz(tmp_path):
     cmd = [sys.executable, "-m", "bigvar.main", "--config=configs/var_tiny.py", f"--workdir={tmp_path}",
            "--config.sample.classes=(2,5,7)", "--config.sample.images_per_class=1",

@@ -144,6 +144,7 @@ def test_dead_codes_are_reseeded_from_the_batch_latents():
     np.testing.assert_array_equal(table[5:], old[5:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["vqvae"])  # the B-AE → BiGR path runs in test_demo's BiGR demo
 def test_resumed_run_equals_an_uninterrupted_one_and_exports_for_the_generator(model, tmp_path):
     straight = tiny(model, steps=4, checkpoint_every=2)
