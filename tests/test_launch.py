@@ -147,7 +147,7 @@ def test_tpu_vm_trainer_pattern_matches_the_trainer_not_the_ssh_shell(stand_ins,
     assert words[:3] == ["pkill", "-TERM", "-f"]
     pattern = re.compile(words[3])
     assert pattern.search("../bigvar-venv/bin/python -m bigvar.main --config=configs/var_d16.py")
-    assert pattern.search("/home/me/bigvar-venv/bin/python3.12 -m bigvar.main --workdir=gs://b/r")
+    assert pattern.search("/opt/bigvar-venv/bin/python3.12 -m bigvar.main --workdir=gs://b/r")
     assert not pattern.search(f"bash -c {remote}")
     (run,) = dry_run("tpu_vm.sh", "run", *TPU, "--", *FLAGS, stand_ins=stand_ins, tmp_path=tmp_path)
     assert not pattern.search(f"bash -c {option(run, '--command')}")
