@@ -34,6 +34,14 @@ class Result:
                     if re.match(r"^[a-z_]+: ", line))
 
 
+def readable_tail(output: str, chars: int = 4000) -> str:
+    """The end of a process's output without the C++ frames of an abort (`@ 0x…` lines), so that
+    the Python stacks that follow them (every thread's, from faulthandler) fit in the report."""
+    lines = [line for line in output.splitlines()
+             if not re.match(r"^\s*@\s+0x", line) and not line.startswith("Extension modules:")]
+    return "\n".join(lines)[-chars:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,8 +120,8 @@ class Job:
                 proc.wait()
 
     def _tails(self, chars: int = 3000) -> str:
-        return "\n".join(f"--- process {i} (exit {proc.poll()}):\n{self.output(i)[-chars:]}"
-                         for i, proc in enumerate(self.procs))
+        return "\n".join(f"--- process {i} (exit {proc.poll()}):\n"
+                         f"{readable_tail(self.output(i), chars)}" for i, proc in enumerate(self.procs))
 
     def __enter__(self) -> Job:
         return self
@@ -128,7 +136,7 @@ def run(args: list[str], workdir, processes: int = 2, timeout: float = 900, **kw
         results = job.wait(timeout)
     failed = [i for i, r in enumerate(results) if r.returncode != 0]
     assert not failed, "\n".join(f"--- process {i} (exit {results[i].returncode}):\n"
-                                 f"{results[i].output[-4000:]}" for i in failed)
+                                 f"{readable_tail(results[i].output)}" for i in failed)
     return results
 
 

@@ -115,14 +115,15 @@ def test_var_training_on_two_processes_equals_one_and_survives_preemption(tmp_pa
         job.send_signal(1, signal.SIGTERM)
         results = job.wait(timeout=300)
     assert [r.returncode for r in results] == [0, 0], job._tails()
-    stopped = steps_saved(preempted)
-    assert len(stopped) == 1 and 2 <= stopped[0] < 8, (stopped, job._tails())
-    assert all(r.summary["steps"] == str(stopped[0]) for r in results)
+    # (the signal may come after the periodic checkpoint of step 4: the newest is the stop's)
+    stopped = steps_saved(preempted)[-1]
+    assert 2 <= stopped < 8, (steps_saved(preempted), job._tails())
+    assert all(r.summary["steps"] == str(stopped) for r in results), job._tails()
 
     # SIGKILL of one process (a lost host): the other stops within the heartbeat timeout with
     # JAX's error, instead of waiting forever in a collective.
     with distributed_cli.Job(VAR_TRAIN + STEPS, preempted, heartbeat_timeout=10) as job:
-        wait_for_logged_step(preempted, stopped[0] + 1, job)
+        job.wait_for_line(0, r"resumed from step", timeout=600)  # (not after a step: it may be the last)
         job.procs[1].kill()
         began = time.time()
         survivor = job.wait(timeout=120)[0]
