@@ -28,7 +28,7 @@ import numpy as np
 
 from bigvar import config_lib, weights
 from bigvar.models import TOKENIZER_SECTIONS
-from bigvar.rundir import atomic_write
+from bigvar.storage import atomic_write
 
 STATE_FILE = "demo_state.json"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bigvar.rundir import atomic_write
+from bigvar.storage import atomic_write
 
 
 def make_grid(images: np.ndarray, cols: int, pad: int = 2, fill: int = 255) -> np.ndarray:

@@ -51,9 +51,11 @@ flags.mark_flags_as_required(["config"])
 
 def run(config, workdir: str):
     """Runs the job `config` names; each job validates its config first."""
-    from bigvar import config_lib, rundir
+    from bigvar import config_lib, rundir, storage
     workdir = rundir.prepare(workdir)
     if config.get("model") == "demo":
+        if storage.is_url(workdir):
+            raise UserError(f"--workdir={workdir}: the demo runs in a local directory")
         from bigvar import demo
         return demo.run(config, workdir)
     if config.mode not in config_lib.MODES:

@@ -10,7 +10,8 @@ from typing import Iterator
 
 import numpy as np
 
-from bigvar.rundir import atomic_write
+from bigvar import storage
+from bigvar.storage import atomic_write
 
 
 def write(path: str, arrays: dict) -> None:
@@ -45,7 +46,7 @@ def write(path: str, arrays: dict) -> None:
 
 @contextlib.contextmanager
 def _member(path: str, key: str) -> Iterator[tuple[object, tuple[int, ...], np.dtype]]:
-    with zipfile.ZipFile(path) as zf:
+    with storage.open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
         name = f"{key}.npy"
         if name not in zf.namelist():
             keys = sorted(n[:-4] for n in zf.namelist() if n.endswith(".npy"))

@@ -30,7 +30,7 @@ from typing import Iterator
 import jax
 import ml_collections
 
-from bigvar import multihost
+from bigvar import multihost, storage
 from bigvar.errors import UserError
 
 LOCK_FILE = "run.lock"
@@ -53,23 +53,6 @@ RESUMABLE_FIELDS = (
 )
 
 
-@contextlib.contextmanager
-def atomic_write(path: str) -> Iterator[str]:
-    """Yields a temporary path next to `path` (same extension) that is renamed to `path` when the
-    block succeeds: readers see the old file or the complete new one, never a truncated one
-    (a crash or a full disk leaves only a hidden temporary, removed here when possible).
-    Temporaries are unique per process and thread, so concurrent writers cannot interleave."""
-    directory, name = os.path.split(os.path.abspath(path))
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(directory, f".{stem}.tmp-{os.getpid()}-{threading.get_ident()}{ext}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 class RunDirectoryLocked(UserError):
     pass
 
@@ -80,29 +63,44 @@ class ConfigMismatch(UserError):
 
 def prepare(workdir: str) -> str:
     """Creates `workdir` if needed and checks that it is a writable directory (with several
-    processes: on every process, and the same directory for all); returns its absolute path."""
-    if "://" in workdir:  # (os.path would make gs://b/run the local folder ./gs:/b/run)
-        raise UserError(f"--workdir={workdir}: URLs are not supported yet; give a directory on a "
-                        "local or shared file system (with several hosts, one every host mounts)")
-    workdir = os.path.abspath(workdir)
-    problem = None
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        problem = (f"--workdir={workdir} is a file, not a directory: give a directory (it is "
-                   "created if missing)")
-    else:
-        try:
-            os.makedirs(workdir, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
-                pass
-        except OSError as e:
-            problem = (f"--workdir={workdir} is not writable ({e.strerror or e}): choose another "
-                       "directory or fix its permissions")
+    processes: on every process, and the same directory for all); returns its absolute path (a
+    URL such as gs://bucket/run is kept as it is)."""
+    workdir = storage.absolute(workdir)
+    try:
+        problem = _unusable(workdir)
+    except Exception as e:  # noqa: BLE001 (a bucket's errors are not OSErrors)
+        if not storage.is_url(workdir):
+            raise
+        problem = (f"--workdir={workdir} cannot be used ({type(e).__name__}: {_first_line(e)}): "
+                   "check the bucket's name and this machine's credentials")
     if not multihost.all_true(problem is None):
         raise UserError(problem or f"--workdir={workdir} is not usable on another process of "
                         "this job (its log says why)")
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 and not storage.is_url(workdir):
         _check_shared(workdir)
     return workdir
+
+
+def _unusable(workdir: str) -> str | None:
+    """Why `workdir` cannot hold a run (None when it can): a file, or not writable."""
+    if storage.isfile(workdir):
+        return (f"--workdir={workdir} is a file, not a directory: give a directory (it is "
+                "created if missing)")
+    probe = os.path.join(workdir, f".write-test-{socket.gethostname()}-{os.getpid()}")
+    try:
+        storage.makedirs(workdir)
+        with storage.open(probe, "wb"):
+            pass
+        storage.remove(probe)
+    except OSError as e:
+        fix = ("check the bucket's name, its permissions and this machine's credentials"
+               if storage.is_url(workdir) else "choose another directory or fix its permissions")
+        return f"--workdir={workdir} is not writable ({e.strerror or e}): {fix}"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def _check_shared(workdir: str) -> None:
@@ -144,8 +142,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _read_holder(path: str) -> dict | None:
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):  # being written right now, or garbage: treat as held
@@ -156,7 +153,7 @@ def _is_stale(path: str, holder: dict) -> bool:
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
         return not _pid_alive(holder["pid"])
     try:
-        return time.time() - os.path.getmtime(path) > STALE_AFTER_S
+        return time.time() - storage.getmtime(path) > STALE_AFTER_S
     except FileNotFoundError:
         return True
 
@@ -165,7 +162,7 @@ class RunLock:
     """An exclusive, stale-aware lock on a run directory (see the module docstring)."""
 
     def __init__(self, workdir: str, what: str):
-        self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+        self.path = os.path.join(storage.absolute(workdir), LOCK_FILE)
         self.what = what
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -174,9 +171,7 @@ class RunLock:
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
               "what": self.what}
         for _ in range(10):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+            if not storage.create_exclusive(self.path, json.dumps(me).encode()):
                 holder = _read_holder(self.path)
                 if holder is None:
                     continue  # released just now
@@ -189,12 +184,9 @@ class RunLock:
                 if _read_holder(self.path) != holder:
                     continue  # someone else took it over meanwhile: look again
                 logging.warning("taking over the lock of a run that is gone (%s)", _holder_text(holder))
-                with contextlib.suppress(FileNotFoundError):  # the rename lets one taker win
-                    os.replace(self.path, f"{self.path}.stale-{os.getpid()}")
-                    os.remove(f"{self.path}.stale-{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    storage.remove(self.path)  # then create_exclusive lets one taker win
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self._heartbeat = threading.Thread(target=self._beat, daemon=True, name="run-lock")
             self._heartbeat.start()
             return
@@ -202,8 +194,8 @@ class RunLock:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError):
-                os.utime(self.path)
+            with contextlib.suppress(Exception):  # (a missed beat only ages the lock)
+                storage.touch(self.path)
 
     def release(self) -> None:
         self._stop.set()
@@ -211,7 +203,7 @@ class RunLock:
             self._heartbeat.join()
         holder = _read_holder(self.path)
         if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            os.remove(self.path)
+            storage.remove(self.path)
 
 
 @contextlib.contextmanager
@@ -276,12 +268,11 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Records `config` in a new run directory, or checks it against the recorded one."""
     path = os.path.join(workdir, CONFIG_FILE)
     current = _as_plain(config)
-    if not os.path.exists(path):
-        with atomic_write(path) as tmp, open(tmp, "w") as f:
+    if not storage.exists(path):
+        with storage.atomic_write(path) as tmp, open(tmp, "w") as f:
             json.dump(current, f, indent=2, sort_keys=True)
         return
-    with open(path) as f:
-        recorded = json.load(f)
+    recorded = json.loads(storage.read_text(path))
     breaking, allowed = config_differences(recorded, current)
     if breaking:
         shown = "\n  ".join(breaking[:20]) + (f"\n  … and {len(breaking) - 20} more"

@@ -10,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
+import uuid
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from bigvar import multihost
+from bigvar import multihost, storage
 from bigvar.errors import MissingFile, UserError
 
 PARAMS = "params"
@@ -40,27 +40,28 @@ ARCH_FIELDS = {  # per model config section: the fields that must match the stor
 def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yields a temporary directory that becomes `out_dir` only if the block succeeds. With
     several processes every process gets the same one (the chief makes and renames it)."""
-    out_dir = os.path.abspath(out_dir)
+    out_dir = storage.absolute(out_dir)
 
     def make_temporary() -> str:
-        if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        if storage.isdir(out_dir) and storage.listdir(out_dir) and not overwrite:
             raise UserError(f"{out_dir} exists and is not empty; choose another --out or pass "
                             "--overwrite")
-        parent = os.path.dirname(out_dir)
+        parent, prefix = os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.partial-"
+        if storage.is_url(out_dir):  # (a prefix in a bucket: nothing to create)
+            return os.path.join(parent, prefix + uuid.uuid4().hex[:12])
         os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+        return tempfile.mkdtemp(prefix=prefix, dir=parent)
     tmp = multihost.chief_decides(make_temporary)
     try:
         yield tmp
         multihost.sync(f"written: {out_dir}")
         if multihost.is_chief():
-            if os.path.exists(out_dir):
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
+            storage.rmtree(out_dir)
+            storage.replace(tmp, out_dir)
         multihost.sync(f"in place: {out_dir}")
     except BaseException:
         if multihost.is_chief():
-            shutil.rmtree(tmp, ignore_errors=True)
+            storage.rmtree(tmp)
         raise
 
 
@@ -72,24 +73,23 @@ def save_weights(out_dir: str, params: Any, model_config: dict, overwrite: bool 
         checkpointer = ocp.PyTreeCheckpointer()
         checkpointer.save(os.path.join(tmp, PARAMS), params)
         if multihost.is_chief():
-            with open(os.path.join(tmp, CONFIG), "w") as f:
+            with storage.open(os.path.join(tmp, CONFIG), "w") as f:
                 json.dump(model_config, f, indent=2, sort_keys=True)
 
 
 def load_config(weights_dir: str) -> dict:
     path = os.path.join(weights_dir, CONFIG)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise MissingFile(f"{path} not found: --config.init_from must be a directory written "
                                 "by `python -m bigvar.convert` (it holds params/ and config.json)")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(path))
 
 
 def require_model(weights_dir: str, model: str, what: str, how: str) -> dict:
     """The `config.json` of a weights directory that must hold `model` (e.g. "lpips"); a
     missing directory or another network is an error naming `what` it should be and `how` to
     make one."""
-    if not os.path.isfile(os.path.join(weights_dir, CONFIG)):
+    if not storage.isfile(os.path.join(weights_dir, CONFIG)):
         raise FileNotFoundError(f"{weights_dir} is not {what} weights directory (no {CONFIG}). {how}")
     config = load_config(weights_dir)
     if config.get("model") != model:
@@ -123,8 +123,8 @@ def load_weights(weights_dir: str, target: Any | None = None, partial: bool = Fa
     `.sharding`), shapes are checked key by key and arrays are placed with those shardings.
     `partial`: the target names only some top-level entries (e.g. just the tokenizer); only
     those are read."""
-    path = os.path.join(os.path.abspath(weights_dir), PARAMS)
-    if not os.path.isdir(path):
+    path = os.path.join(storage.absolute(weights_dir), PARAMS)
+    if not storage.isdir(path):
         raise MissingFile(f"no params/ in {weights_dir}: expected a directory written by "
                                 "`python -m bigvar.convert`")
     checkpointer = ocp.PyTreeCheckpointer()

@@ -12,7 +12,7 @@
 #   launch/tpu_vm.sh install $T             # ~/bigvar-venv with pip install -e ".[tpu]"
 #   launch/tpu_vm.sh run     $T -- --config=configs/var_d16.py --workdir=gs://BUCKET/var_d16 \
 #       --config.mode=train --config.data.source=array_record \
-#       --config.data.path=gs://BUCKET/imagenet/train --config.tokenizer_from=gs://BUCKET/vae
+#       --config.data.path='/mnt/gcs/imagenet/train-*.array_record' --config.tokenizer_from=gs://BUCKET/ckpt/var_d16
 #   launch/tpu_vm.sh logs    $T             # -> logs/var-d16/worker-0.log ... worker-15.log
 #   launch/tpu_vm.sh stop    $T             # SIGTERM: the trainer checkpoints and exits
 #   launch/tpu_vm.sh delete  $T --spot

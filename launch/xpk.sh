@@ -10,8 +10,8 @@
 #   launch/xpk.sh create --cluster=my-cluster --workload=var-d16 --tpu-type=v5litepod-64 \
 #       --zone=us-west4-a --max-restarts=10 -- \
 #       --config=configs/var_d16.py --workdir=gs://BUCKET/var_d16 --config.mode=train \
-#       --config.data.source=array_record --config.data.path=gs://BUCKET/imagenet/train \
-#       --config.tokenizer_from=gs://BUCKET/vae
+#       --config.data.source=array_record --config.data.path='/mnt/gcs/imagenet/train-*.array_record' \
+#       --config.tokenizer_from=gs://BUCKET/ckpt/var_d16
 #   launch/xpk.sh list   --cluster=my-cluster --zone=us-west4-a
 #   launch/xpk.sh logs   --cluster=my-cluster --workload=var-d16 --zone=us-west4-a
 #   launch/xpk.sh delete --cluster=my-cluster --workload=var-d16 --zone=us-west4-a

@@ -17,7 +17,7 @@ import pytest
 from bigvar import main, rundir
 from bigvar.errors import UserError
 from bigvar.train.checkpoints import Checkpoints, CheckpointsUnrestorable
-from bigvar.rundir import atomic_write
+from bigvar.storage import atomic_write
 from conftest import ROOT
 from test_trainer import tiny_config as tiny_train_config
 
@@ -307,7 +307,6 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(tmp_path):
         (("--config.var.embd_dim=64",), str(tmp_path / "w"),
          "error: --config.var.embd_dim: the config has no field 'var.embd_dim'; did you mean 'embed_dim'?"),
         ((), str(a_file), f"error: --workdir={a_file} is a file, not a directory"),
-        ((), "gs://bucket/run", "error: --workdir=gs://bucket/run: URLs are not supported yet"),
         (("--config.sample.cfg=strong",), str(tmp_path / "w"),
          "error: flag --config.sample.cfg=strong: could not convert string to float: 'strong'"),
         (("--config.mode=serve",), str(tmp_path / "w"), "error: config.mode = 'serve' is invalid"),

@@ -32,6 +32,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from bigvar import storage
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 RECORD_MAGIC = b"BVR1"
@@ -59,6 +61,8 @@ def scan_image_folder(root: str) -> ImageFolderScan:
     id (no label shifts) but contributes no files. Names without an image extension are ignored
     unexamined.
     """
+    if storage.is_url(root):
+        return _scan_bucket_folder(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root!r} does not exist or is not a directory")
     skipped = []
@@ -87,6 +91,25 @@ def scan_image_folder(root: str) -> ImageFolderScan:
                          f"no image files with extensions {IMAGE_EXTENSIONS}"
                          + _skipped_note(skipped))
     return ImageFolderScan(class_names, files, skipped)
+
+
+def _scan_bucket_folder(root: str) -> ImageFolderScan:
+    """`scan_image_folder` of a URL (gs://bucket/imagenet/train): one listing of every object
+    under it (a bucket has no symlinks or per-file permissions: nothing is skipped)."""
+    fs = storage.filesystem(root)
+    prefix = fs._strip_protocol(root).rstrip("/") + "/"
+    by_class: dict[str, list[str]] = {}
+    for path in fs.find(root):
+        parts = path[len(prefix):].split("/")
+        if len(parts) == 2 and not parts[0].startswith(".") and parts[1].lower().endswith(IMAGE_EXTENSIONS):
+            by_class.setdefault(parts[0], []).append(parts[1])
+    class_names = sorted(by_class)
+    if not class_names:
+        raise ValueError(f"image folder {root!r} has no image files in class folders; expected the "
+                         "ImageNet layout root/<class_name>/<image files>")
+    files = [(f"{name}/{f}", label) for label, name in enumerate(class_names)
+             for f in sorted(by_class[name])]
+    return ImageFolderScan(class_names, files, [])
 
 
 def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -137,7 +160,7 @@ class ImageFolderSource:
     """
 
     def __init__(self, root: str):
-        self.root = os.path.abspath(root)
+        self.root = storage.absolute(root)
         self.class_names, files, self.skipped_entries = scan_image_folder(self.root)
         self._paths = [f for f, _ in files]  # relative: shorter to pickle into grain workers
         self._labels = np.array([label for _, label in files], np.int32)
@@ -149,7 +172,7 @@ class ImageFolderSource:
         path = os.path.join(self.root, self._paths[index])
         example = {"label": int(self._labels[index]), "path": path}
         try:
-            with open(path, "rb") as f:
+            with storage.open(path, "rb") as f:
                 example["image_bytes"] = f.read()
         except OSError as e:  # vanished / unreadable file: let the pipeline skip and count it
             example["image_bytes"], example["read_error"] = b"", f"{type(e).__name__}: {e}"
@@ -188,6 +211,11 @@ def expand_paths(paths_or_glob: str | Sequence[str]) -> list[str]:
         paths_or_glob = [p for p in paths_or_glob.split(",") if p]
     out = []
     for pattern in paths_or_glob:
+        if storage.is_url(pattern):
+            raise ValueError(f"{pattern}: ArrayRecord shards are read from local or mounted "
+                             "paths (ArrayRecord's reader opens files itself); copy them to local "
+                             "disk, mount the bucket (gcsfuse), or use an image folder, which may "
+                             "be a gs:// URL")
         matches = sorted(globlib.glob(os.path.expanduser(pattern)))
         if not matches:
             raise FileNotFoundError(f"no ArrayRecord files match {pattern!r}")

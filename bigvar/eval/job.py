@@ -31,10 +31,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bigvar import multihost, npz, parallel
+from bigvar import multihost, npz, parallel, storage
 from bigvar.errors import UserError, invalid
 from bigvar.eval import inception, metrics
-from bigvar.rundir import atomic_write
+from bigvar.storage import atomic_write
 
 
 def validate_eval_section(section: ml_collections.ConfigDict) -> None:
@@ -49,7 +49,7 @@ def validate_eval_section(section: ml_collections.ConfigDict) -> None:
         if not section[field]:
             raise UserError(f"mode=eval needs --config.eval.{field}: e.g. {example}")
     for field in ("inception", "reference", "samples"):
-        if section[field] and not os.path.exists(section[field]):
+        if section[field] and not storage.exists(section[field]):
             raise UserError(f"--config.eval.{field}={section[field]} does not exist")
 
 
@@ -79,7 +79,7 @@ def cached_batches(batches: Iterable[np.ndarray], compute, out_dir: str, digest:
     part made from the same images with the same digest is read instead (resume). With several
     processes, `compute` is collective: a batch is read from its part only when every process
     could, and the chief writes the parts."""
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     for k, images in enumerate(tqdm.tqdm(batches, total=total, desc=desc, unit="batch",
                                          disable=not multihost.is_chief())):
         part = os.path.join(out_dir, f"part_{k:05d}.npz")
@@ -97,10 +97,10 @@ def cached_batches(batches: Iterable[np.ndarray], compute, out_dir: str, digest:
 
 def _load_part(path: str, key: str) -> dict | None:
     try:
-        with np.load(path) as part:
-            if str(part["key"]) != key:
-                return None
-            return {k: part[k] for k in part.files if k != "key"}
+        part = storage.load_npz(path)
+        if str(part.pop("key")) != key:
+            return None
+        return part
     except FileNotFoundError:
         return None
     except Exception as e:  # a damaged part is computed again
@@ -129,7 +129,7 @@ def extract_features(path: str, out_dir: str, extractor: inception.FeatureExtrac
 def reference_statistics(path: str, features: dict) -> tuple[metrics.Statistics, metrics.Statistics, bool]:
     """(pool, spatial) statistics of the reference: the npz's own `mu`, `sigma`, `mu_s`,
     `sigma_s` when it has them (the ADM evaluator's rule), else from the features."""
-    with np.load(path) as ref:
+    with storage.open(path, "rb") as raw, np.load(raw) as ref:
         if "mu" in ref.files:
             missing = [k for k in ("sigma", "mu_s", "sigma_s") if k not in ref.files]
             if missing:
@@ -218,8 +218,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              section.precision_recall)
     result.update(
         num_images=int(sample_shape[0]), num_reference_images=int(ref_shape[0]),
-        resolution=list(sample_shape[1:3]), samples=os.path.abspath(samples_path),
-        reference=os.path.abspath(section.reference), inception=os.path.abspath(section.inception),
+        resolution=list(sample_shape[1:3]), samples=storage.absolute(samples_path),
+        reference=storage.absolute(section.reference), inception=storage.absolute(section.inception),
         preprocessing=section.preprocessing,
         sampling=None if section.samples else json.loads(config.sample.to_json()),
         feature_batches_computed={"samples": computed_s, "reference": computed_r},

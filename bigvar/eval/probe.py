@@ -39,7 +39,7 @@ from bigvar import models, multihost, parallel
 from bigvar.data import pipeline, transforms
 from bigvar.errors import UserError, invalid
 from bigvar.eval.job import cached_batches
-from bigvar.rundir import atomic_write
+from bigvar.storage import atomic_write
 
 VAL_SEED_OFFSET = 3_000_017  # procedural validation images: a seed the training split never uses
 

@@ -17,7 +17,6 @@ Unreadable images are skipped (and counted), as in training.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
@@ -25,7 +24,7 @@ import tqdm
 from absl import app, flags
 from ml_collections import config_flags
 
-from bigvar import npz
+from bigvar import npz, storage
 from bigvar.data import pipeline, transforms
 
 _DATA = config_flags.DEFINE_config_dict("data", pipeline.data_section(source="folder"),
@@ -45,7 +44,7 @@ def source_identity(data, image_size: int, num_images: int, seed: int, inception
                     preprocessing: str) -> dict:
     return {"data": json.loads(data.to_json()), "image_size": image_size,
             "num_images": num_images, "seed": seed,
-            "inception": os.path.abspath(inception) if inception else "",
+            "inception": storage.absolute(inception) if inception else "",
             "preprocessing": preprocessing if inception else ""}
 
 
@@ -89,9 +88,9 @@ def build(data, out: str, image_size: int = 256, num_images: int = 10_000, seed:
           inception_dir: str = "", preprocessing: str = "adm") -> dict:
     """Writes the reference npz (or finds it made already); returns a summary."""
     identity = source_identity(data, image_size, num_images, seed, inception_dir, preprocessing)
-    if os.path.exists(out):
+    if storage.exists(out):
         try:
-            with np.load(out) as done:
+            with storage.open(out, "rb") as raw, np.load(raw) as done:
                 recorded = json.loads(str(done["source"])) if "source" in done.files else None
         except Exception as e:  # not an npz
             raise ValueError(f"{out} exists and is not a reference npz ({e}); choose another --out") from None

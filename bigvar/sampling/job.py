@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 
 import jax
@@ -28,10 +27,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from bigvar import config_lib, models, multihost, npz, parallel, weights
+from bigvar import config_lib, models, multihost, npz, parallel, storage, weights
 from bigvar.errors import UserError, invalid
 from bigvar.images import make_grid, save_png
-from bigvar.rundir import atomic_write
+from bigvar.storage import atomic_write
 from bigvar.sampling.bigr import BiGRSamplingSettings, BiGRSampler
 from bigvar.sampling.var import SamplingSettings, VARSampler
 from bigvar.train.checkpoints import array_checksums
@@ -108,18 +107,9 @@ def claim_samples_dir(out_dir: str, identity: dict) -> None:
     """Records the job's identity in `out_dir/job.json`, or checks it against the recorded one:
     a job with other settings or weights never mixes its images with these."""
     path = os.path.join(out_dir, JOB_FILE)
-    if not os.path.exists(path):
-        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        with open(tmp, "w") as f:
-            json.dump(identity, f, indent=2, sort_keys=True)
-        try:  # a hard link creates `path` complete and only if absent: of two jobs, one wins
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.remove(tmp)
-    with open(path) as f:
-        recorded = json.load(f)
+    if not storage.exists(path):  # created complete and only if absent: of two jobs, one wins
+        storage.create_exclusive(path, json.dumps(identity, indent=2, sort_keys=True).encode())
+    recorded = json.loads(storage.read_text(path))
     if recorded != identity:
         changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
         raise UserError(
@@ -131,11 +121,11 @@ def claim_samples_dir(out_dir: str, identity: dict) -> None:
 def _load_part(path: str, index: np.ndarray, digest: str):
     """(images, tokens) of a finished batch, or None when it must be (re)made."""
     try:
-        with np.load(path) as done:
-            if str(done["job"]) != digest or not np.array_equal(done["index"], index):
-                logging.warning("%s was made by another job; sampling it again", path)
-                return None
-            return done["images"], done["tokens"]
+        done = storage.load_npz(path)
+        if str(done["job"]) != digest or not np.array_equal(done["index"], index):
+            logging.warning("%s was made by another job; sampling it again", path)
+            return None
+        return done["images"], done["tokens"]
     except FileNotFoundError:
         return None
     except Exception as e:  # a damaged file: zip, pickle or key errors
@@ -165,10 +155,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     token_dtype = np.int32 if config.model == "var" else np.uint8
 
     def claim():  # the chief's: the directory, its identity and which batches are finished
-        os.makedirs(parts_dir, exist_ok=True)
+        storage.makedirs(parts_dir)
         claim_samples_dir(out_dir, identity)
         if s.save_pngs:
-            os.makedirs(png_dir, exist_ok=True)
+            storage.makedirs(png_dir)
         return [k for k in range(num_batches)
                 if _load_part(parts[k], _batch_index(k, batch, n), digest) is not None]
     finished = set(multihost.chief_decides(claim))
@@ -233,10 +223,9 @@ def write_outputs(parts: list[str], labels: np.ndarray, token_dtype, npz_path: s
     images of a 50k job never sit in memory at once."""
     def column(key):
         for part in parts:
-            with np.load(part) as done:
-                yield done[key]
-    with np.load(parts[0]) as first:
-        image_shape, token_shape = first["images"].shape[1:], first["tokens"].shape[1:]
+            yield storage.load_npz(part)[key]
+    first = storage.load_npz(parts[0])
+    image_shape, token_shape = first["images"].shape[1:], first["tokens"].shape[1:]
     n = len(labels)
     npz.write(npz_path, {"arr_0": ((n,) + image_shape, np.uint8, column("images")),
                          "labels": labels,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from bigvar import multihost, storage
 from bigvar.errors import UserError
 
 
@@ -93,7 +94,7 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
 
 class Checkpoints:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -110,23 +111,28 @@ class Checkpoints:
             items["data"] = ocp.args.JsonSave(data_state)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-    def _restore_verified(self, step: int, abstract_state: Any, with_data: bool) -> dict:
+    def _restore(self, step: int, abstract_state: Any, with_data: bool) -> dict:
+        """Reads checkpoint `step` (this process's shards: no collective)."""
         items = dict(state=ocp.args.StandardRestore(abstract_state))
         if with_data:
             items["data"] = ocp.args.JsonRestore()
-        has_checksums = os.path.isdir(os.path.join(self.directory, str(step), "integrity"))
-        if has_checksums:
+        if storage.isdir(os.path.join(self.directory, str(step), "integrity")):
             items["integrity"] = ocp.args.JsonRestore()
         with _quiet_orbax():
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        if has_checksums:
-            stored = restored["integrity"]["checksums"]
-            found = array_checksums(restored["state"])
-            bad = sorted(k for k in stored if found.get(k) != stored[k])
-            if bad or set(found) != set(stored):
-                raise DamagedCheckpoint(f"{len(bad)} arrays fail their checksum ({', '.join(bad[:3])}"
-                                        f"{', …' if len(bad) > 3 else ''})")
-        return restored
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
+
+    @staticmethod
+    def _verify(restored: dict) -> None:
+        """Raises DamagedCheckpoint when an array's checksum differs from the stored one (a
+        collective: every process computes the same checksums of the global arrays)."""
+        if "integrity" not in restored:
+            return
+        stored = restored["integrity"]["checksums"]
+        found = array_checksums(restored["state"])
+        bad = sorted(k for k in stored if found.get(k) != stored[k])
+        if bad or set(found) != set(stored):
+            raise DamagedCheckpoint(f"{len(bad)} arrays fail their checksum ({', '.join(bad[:3])}"
+                                    f"{', …' if len(bad) > 3 else ''})")
 
     def restore_latest(self, abstract_state: Any, *, with_data: bool = True):
         """(step, state, data_state) from the newest checkpoint that restores and verifies, or
@@ -136,15 +142,30 @@ class Checkpoints:
         line and moved aside to `corrupt-<step>` (kept for a look; it would otherwise block the
         next save of that step), and the previous one is used: losing some steps beats losing
         the run. If checkpoints exist but none restores, nothing is touched and
-        `CheckpointsUnrestorable` says why: a silent fresh start would overwrite the run."""
+        `CheckpointsUnrestorable` says why: a silent fresh start would overwrite the run.
+
+        With several processes every decision is the job's: the chief lists the checkpoints, and
+        a checkpoint that one process cannot read is skipped by all (before the checksums, which
+        are collective), so the processes never part ways."""
         failures = []
-        for step in reversed(self.steps()):
+        for step in reversed(multihost.chief_decides(self.steps)):
+            restored, error = None, None
             try:
-                restored = self._restore_verified(step, abstract_state, with_data)
+                restored = self._restore(step, abstract_state, with_data)
             except Exception as e:  # orbax raises many types for damaged files
+                error = e
+            if not multihost.all_true(error is None):
+                error = error or DamagedCheckpoint("another process could not read it (its log "
+                                                   "says why)")
+            else:
+                try:
+                    self._verify(restored)
+                except DamagedCheckpoint as e:
+                    error = e
+            if error is not None:
                 logging.warning("checkpoint %d in %s could not be restored (%s)", step,
-                                self.directory, _first_line(e))
-                failures.append((step, e))
+                                self.directory, _first_line(error))
+                failures.append((step, error))
                 continue
             if failures:
                 self._move_aside([s for s, _ in failures])
@@ -164,9 +185,9 @@ class Checkpoints:
         if jax.process_index() == 0:
             for step in steps:
                 target = os.path.join(self.directory, f"corrupt-{step}")
-                if os.path.exists(target):
+                if storage.exists(target):
                     target = f"{target}-{int(time.time())}"
-                os.replace(os.path.join(self.directory, str(step)), target)
+                storage.replace(os.path.join(self.directory, str(step)), target)
                 logging.warning("moved the damaged checkpoint %d to %s", step, target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import tqdm
 
-from bigvar import config_lib, data as data_lib, multihost, parallel, rundir, weights
+from bigvar import config_lib, data as data_lib, multihost, parallel, rundir, storage, weights
 from bigvar.images import save_png
 from bigvar.errors import MissingFile, UserError, invalid
 from bigvar.train import state as state_lib
@@ -159,7 +159,7 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
                 finish_pending()
                 for name, grid in spec.grids(state).items():
                     if chief:
-                        os.makedirs(grids_dir, exist_ok=True)
+                        storage.makedirs(grids_dir)
                         save_png(os.path.join(grids_dir, f"{name}_{step:08d}.png"), grid)
                         writer.write_images(step, {name: grid})
             if stopping:
@@ -173,7 +173,7 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
         writer.close()
         stop.restore_handlers()
     return {**summary, "steps": step,
-            "samples": grids_dir if os.path.isdir(grids_dir) else "(none)"}, state
+            "samples": grids_dir if storage.isdir(grids_dir) else "(none)"}, state
 
 
 def _data_iterator(config, spec: LoopSpec, start_batch: int = 0):
@@ -257,7 +257,7 @@ def export_newest(config, workdir: str, out_dir: str | None, make_trainer: Calla
         step, state, _ = restored
         exported = sections(trainer, state_lib.shown_params(state))
         model_config = {"model": config.model, **{key: config[key].to_dict() for key in exported},
-                        "source": {"workdir": os.path.abspath(workdir), "step": int(step),
+                        "source": {"workdir": storage.absolute(workdir), "step": int(step),
                                    "weights": "ema" if "ema" in state else "params"}}
         out_dir = out_dir or os.path.join(workdir, "export")
         weights.save_weights(out_dir, exported, model_config, overwrite=True)

@@ -44,8 +44,9 @@ the resumed run logs images at other steps) stays visible there.
 Multi-host: construct with `is_chief=(jax.process_index() == 0)`; on other hosts every method
 is a no-op and nothing is created on disk.
 
-`logdir` must be a local or mounted (e.g. gcsfuse) directory: `metrics.jsonl` is written with
-`open`.
+`logdir` may be a URL (gs://bucket/run/logs): object stores cannot append, so the files are
+written in a local folder and uploaded whole after every write (and at `close()`); a killed
+process loses at most the write in flight.
 
 `read_jsonl(path)` reads `metrics.jsonl` back (tests, notebooks, scripts); read event files
 with TensorBoard's own readers, e.g.
@@ -58,10 +59,14 @@ import itertools
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Mapping
 
 import numpy as np
+
+from bigvar import storage
 
 __all__ = ["MetricWriter", "read_jsonl", "METRICS_FILE", "FLUSH_SECS"]
 
@@ -98,10 +103,9 @@ def read_jsonl(path: str) -> list[dict]:
     "nan", "inf" and "-inf" become floats again; an unterminated last line (a write cut short
     by a crash) is ignored.
     """
-    if os.path.isdir(path):
+    if storage.isdir(path):
         path = os.path.join(path, METRICS_FILE)
-    with open(path, "r", encoding="utf-8") as f:
-        lines = _complete_lines(f.read())
+    lines = _complete_lines(storage.read_text(path))
     records = [_parse_line(line, i, path) for i, line in enumerate(lines, 1)]
     for record in records:
         for key, value in record.items():
@@ -181,22 +185,47 @@ class MetricWriter:
         self.is_chief = bool(is_chief)
         self.tensorboard = bool(tensorboard)
         self.metrics_path = os.path.join(self.logdir, METRICS_FILE)
+        # The folder the files are written in: logdir itself, or a local one uploaded to it.
+        self._local = self.logdir
+        self._uploaded: dict[str, tuple[int, int]] = {}  # name: (size, mtime) last uploaded
         self._jsonl = None
         self._tb = None  # tensorboardX.SummaryWriter
         self._closed = False
         if not self.is_chief:
             return
-        os.makedirs(self.logdir, exist_ok=True)
+        if storage.is_url(self.logdir):
+            self._local = tempfile.mkdtemp(prefix="bigvar-logs-")
+            if storage.exists(self.metrics_path):
+                with storage.open(self.metrics_path, "rb") as f, open(self._metrics_file, "wb") as g:
+                    g.write(f.read())
+        os.makedirs(self._local, exist_ok=True)
         self._drop_partial_last_line()
-        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+        self._jsonl = open(self._metrics_file, "a", encoding="utf-8")
+
+    @property
+    def _metrics_file(self) -> str:
+        return os.path.join(self._local, METRICS_FILE)
+
+    def _upload(self) -> None:
+        """With a URL logdir: the local files, uploaded whole (a no-op for a local logdir)."""
+        if self._local == self.logdir:
+            return
+        if self._tb is not None:
+            self._tb.flush()
+        for name in os.listdir(self._local):
+            local = os.path.join(self._local, name)
+            stat = os.stat(local)
+            if self._uploaded.get(name) != (stat.st_size, stat.st_mtime_ns):
+                storage.upload(local, os.path.join(self.logdir, name))
+                self._uploaded[name] = (stat.st_size, stat.st_mtime_ns)
 
     # -- files -----------------------------------------------------------------------------
 
     def _drop_partial_last_line(self) -> None:
         """Cuts off a line left unterminated by a crash, or the next line would be glued to it."""
-        if not os.path.exists(self.metrics_path) or os.path.getsize(self.metrics_path) == 0:
+        if not os.path.exists(self._metrics_file) or os.path.getsize(self._metrics_file) == 0:
             return
-        with open(self.metrics_path, "rb+") as f:
+        with open(self._metrics_file, "rb+") as f:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 f.seek(0)
@@ -209,7 +238,7 @@ class MetricWriter:
         # tensorboardX names the file after the second and the host only; the nanosecond time
         # sorts same-second files in creation order, the pid and counter make the name unique.
         suffix = f".{time.time_ns()}.{os.getpid()}.{next(_WRITER_NUMBERS)}"
-        self._tb = SummaryWriter(self.logdir, purge_step=purge_step, flush_secs=FLUSH_SECS,
+        self._tb = SummaryWriter(self._local, purge_step=purge_step, flush_secs=FLUSH_SECS,
                                  filename_suffix=suffix)
         if purge_step is not None:  # a second START: `--load_fast=false` skips a run's first
             start = Event(session_log=SessionLog(status=SessionLog.START))
@@ -257,6 +286,7 @@ class MetricWriter:
 
             self._write_summary(step, now, Summary(value=[
                 Summary.Value(tag=name, simple_value=v) for name, v in values.items()]))
+        self._upload()
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:
         """Adds uint8 HWC (or HW) images to TensorBoard as PNGs (nothing without TensorBoard)."""
@@ -274,6 +304,7 @@ class MetricWriter:
                 height=array.shape[0], width=array.shape[1], colorspace=array.shape[2],
                 encoded_image_string=_encode_png(array)))
             for name, array in arrays.items()]))
+        self._upload()
 
     def truncate_after(self, step: int) -> None:
         """Forgets what was logged after `step`; call it when resuming from a checkpoint at `step`.
@@ -286,21 +317,22 @@ class MetricWriter:
             return
         step = _as_step(step)
         self._jsonl.close()
-        with open(self.metrics_path, "r", encoding="utf-8") as f:
+        with open(self._metrics_file, "r", encoding="utf-8") as f:
             lines = _complete_lines(f.read())
         kept = [line for i, line in enumerate(lines, 1)
                 if _parse_line(line, i, self.metrics_path)["step"] <= step]
-        tmp = self.metrics_path + ".tmp"
+        tmp = self._metrics_file + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in kept))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.metrics_path)
-        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+        os.replace(tmp, self._metrics_file)
+        self._jsonl = open(self._metrics_file, "a", encoding="utf-8")
         if self.tensorboard:
             if self._tb is not None:
                 self._tb.close()
             self._open_event_file(purge_step=step + 1)
+        self._upload()
 
     def flush(self) -> None:
         """Flushes what tensorboardX's thread has written so far; metrics.jsonl is flushed at
@@ -321,6 +353,9 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
         self._jsonl = self._tb = None
+        if self.is_chief and self._local != self.logdir:
+            self._upload()
+            shutil.rmtree(self._local, ignore_errors=True)
 
     def __enter__(self) -> "MetricWriter":
         return self
