@@ -132,6 +132,12 @@ def main(argv):
     if summary:
         for key, value in summary.items():
             print(f"{key}: {value}")
+    if _MULTIHOST.value:
+        # Leave the job now, before the interpreter's exit joins leftover threads (data loader,
+        # thread pools): JAX's atexit shutdown is a barrier with a time limit for every process.
+        sys.stdout.flush()
+        import jax
+        jax.distributed.shutdown()
 
 
 def unknown_field_message(error: BaseException, argv: list[str]) -> str | None:
