@@ -114,6 +114,21 @@ def test_more_smooth_and_no_cfg_run(tiny):
     assert out.tokens.shape == (2, 1 + 4 + 9 + 16)
 
 
+def test_scale_progression_ends_at_the_sample_and_each_step_sees_only_coarser_scales(tiny):
+    var, vae, var_params, vae_params = tiny
+    sampler = VARSampler(var, vae, var_params, vae_params, SamplingSettings(cfg=1.0, top_k=10))
+    out = sampler.generate([1, 2, 3], seed=0)
+    steps = sampler.progression(out.tokens)
+    assert steps.shape == (3, 4, 8, 8, 3) and steps.dtype == np.uint8
+    assert np.abs(steps[:, -1].astype(int) - out.images).max() <= 1  # (another XLA program)
+    # Changing the finest scale's tokens changes only the last image.
+    changed = out.tokens.copy()
+    changed[:, 14:] = (changed[:, 14:] + 1) % 64
+    other = sampler.progression(changed)
+    np.testing.assert_array_equal(other[:, :3], steps[:, :3])
+    assert not np.array_equal(other[:, 3], steps[:, 3])
+
+
 def test_inpaint_keeps_the_tokens_outside_the_box(tiny):
     var, vae, var_params, vae_params = tiny
     sampler = VARSampler(var, vae, var_params, vae_params, SamplingSettings(cfg=1.0, top_k=10, top_p=0.9))

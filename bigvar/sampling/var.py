@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
+from bigvar import multihost
 from bigvar.errors import invalid
 from bigvar.models.var import VAR
 from bigvar.sampling.common import Sampler, per_sample_keys, to_uint8
@@ -180,6 +181,24 @@ def sample(var: VAR, vae: MultiScaleVQVAE, settings: SamplingSettings, var_param
     return SampleOutput(images, jnp.concatenate(tokens, axis=1), logits_out)
 
 
+def scale_progression(vae: MultiScaleVQVAE, vae_params, tokens: jax.Array) -> jax.Array:
+    """(B, K, H, W, 3) uint8: for each of the K scales, the image decoded from the tokens of that
+    scale and all coarser ones, i.e. how a sample is refined from 1×1 tokens to the full grid.
+    tokens: (B, L), all scales concatenated (`SampleOutput.tokens`). The last image is the
+    sample's own (with `more_smooth`, whose last scale mixes codebook entries, close to it)."""
+    spec = vae.spec
+    f_hat = jnp.zeros((tokens.shape[0], spec.latent_size, spec.latent_size, vae.z_channels),
+                      jnp.float32)
+    images = []
+    for si, (pn, (start, end)) in enumerate(zip(spec.patch_nums, spec.begin_ends)):
+        h = vae.apply(vae_params, tokens[:, start:end], method=MultiScaleVQVAE.embed)
+        f_hat, _ = vae.apply(vae_params, si, f_hat, rearrange(h, "b (h w) c -> b h w c", h=pn),
+                             method=MultiScaleVQVAE.next_autoregressive_input)
+        images.append(to_uint8(vae.apply(vae_params, f_hat, method=MultiScaleVQVAE.fhat_to_img),
+                               vae.VALUE_RANGE))
+    return jnp.stack(images, axis=1)
+
+
 class VARSampler(Sampler):
     """VAR's public sampling API: generation and zero-shot editing, one jitted `sample` per kind
     of call (params, batch sharding, label checks and the jit cache come from `Sampler`).
@@ -235,6 +254,15 @@ class VARSampler(Sampler):
         keep = scale_keep_masks(keep_mask, self.tokenizer.spec.patch_nums, b, self.image_size)
         return self._run(labels, seed, first_index, EditGuide([np.asarray(g) for g in gt], keep),
                          return_logits)
+
+    def progression(self, tokens) -> np.ndarray:
+        """(B, K, H, W, 3) uint8: the image after each of the K scales of `tokens` (B, L), e.g.
+        `generate(...).tokens` (see `scale_progression`)."""
+        tokens = np.asarray(tokens, np.int32)
+        vae = self.tokenizer
+        images = self._jit("progression", lambda p, t: scale_progression(vae, p, t))(
+            self.tok_params, self._pad(tokens))
+        return multihost.to_host(images)[:len(tokens)]
 
     def inpaint(self, images, box, labels=None, seed: int = 0) -> SampleOutput:
         """Regenerates the box (y0, x0, y1, x1), fractions of the image side; keeps the rest."""
