@@ -11,6 +11,7 @@ unmasking iteration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import types
@@ -31,6 +32,9 @@ def main():
     p.add_argument("--num_iter", type=int, default=20)
     p.add_argument("--transcoder_steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=3.0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", default="", choices=["", "bfloat16", "float16"], help="autocast dtype")
     args = p.parse_args()
 
     import torch
@@ -46,13 +50,17 @@ def main():
         drop_path_rate=0.0, token_dropout_p=0.0, binary_size=args.bits, p_flip=True, n_repeat=1,
         aux=0.0, focal=0.0, sample_temperature=1.0, n_sample_steps=256,
         infer_steps=args.transcoder_steps, use_adaLN=True, seq_len=256, alpha=-1)
-    model.eval()
-    labels = torch.arange(args.batch) % 1000
-    with torch.inference_mode():
+    model.eval().to(args.device)
+    labels = (torch.arange(args.batch) % 1000).to(args.device)
+    autocast = (torch.autocast(args.device, dtype=getattr(torch, args.amp)) if args.amp
+                else contextlib.nullcontext())
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode(), autocast:
         start = time.perf_counter()
         model.generate_with_cfg(cond=labels, max_new_tokens=256, cond_padding=1, num_iter=args.num_iter,
-                                out_dim=args.bits, cfg_scale=3.0, cfg_schedule="constant",
+                                out_dim=args.bits, cfg_scale=args.cfg, cfg_schedule="constant",
                                 gumbel_temp=0.01, gumbel_schedule="constant")
+        sync()
         seconds = time.perf_counter() - start
     print(f"official torch={torch.__version__} threads={torch.get_num_threads()} size={args.size} "
           f"batch={args.batch} num_iter={args.num_iter} transcoder_steps={args.transcoder_steps} "

@@ -24,6 +24,46 @@ from bigvar.sampling.var import SamplingSettings, sample
 from bigvar.tokenizers import msvq
 
 
+def build(depth: int, dtype: str = "float32", attn_impl: str = "xla", tiny: bool = False):
+    """(var, vae) of VAR-d`depth` with the release's VQ-VAE; `tiny`: width 64 and a small VQ-VAE
+    (4 scales, 64 px) for smoke runs on a CPU."""
+    shared = depth == 36
+    if tiny:
+        config = ml_collections.ConfigDict(dict(
+            model="var", vae=msvq.config_section(ch=32, vocab_size=64),
+            var=var_section(depth, embed_dim=64, num_heads=2, num_classes=1000, patch_nums=(1, 2, 3, 4))))
+    else:
+        config = ml_collections.ConfigDict(dict(
+            model="var", vae=msvq.config_section(),
+            var=var_section(depth, shared_aln=shared,
+                            patch_nums=PATCH_NUMS_512 if shared else PATCH_NUMS_256)))
+    config.var.dtype, config.var.attn_impl = dtype, attn_impl
+    return models.build(config)
+
+
+def measure(var, vae, batch: int, cfg: float = 1.5, iters: int = 3, compile_only: bool = False) -> dict:
+    """Compile seconds and (unless compile_only) the best of `iters` timed batches, random weights."""
+    settings = SamplingSettings(cfg=cfg, top_k=900, top_p=0.96)
+    fn = jax.jit(functools.partial(sample, var, vae, settings))
+    labels = jnp.arange(batch, dtype=jnp.int32) % var.num_classes
+    index = jnp.arange(batch, dtype=jnp.int32)
+    var_shapes, vae_shapes = param_shapes(var, vae)
+    start = time.perf_counter()
+    compiled = fn.lower(var_shapes, vae_shapes, labels, jnp.uint32(0), index).compile()
+    result = {"compile_s": time.perf_counter() - start}
+    if compile_only:
+        return result
+    var_params, vae_params = init_params(var, vae, 0)
+    jax.block_until_ready(compiled(var_params, vae_params, labels, jnp.uint32(0), index))  # warm-up
+    times = []
+    for i in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(var_params, vae_params, labels, jnp.uint32(i + 1), index))
+        times.append(time.perf_counter() - start)
+    result.update(batch_s=min(times), median_batch_s=float(np.median(times)))
+    return result
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depth", type=int, default=16)
@@ -35,38 +75,15 @@ def main():
     p.add_argument("--compile_only", action="store_true")
     args = p.parse_args()
 
-    shared = args.depth == 36
-    config = ml_collections.ConfigDict(dict(
-        model="var", vae=msvq.config_section(),
-        var=var_section(args.depth, shared_aln=shared,
-                        patch_nums=PATCH_NUMS_512 if shared else PATCH_NUMS_256)))
-    config.var.dtype, config.var.attn_impl = args.dtype, args.attn_impl
-    var, vae = models.build(config)
-    settings = SamplingSettings(cfg=args.cfg, top_k=900, top_p=0.96)
-    fn = jax.jit(functools.partial(sample, var, vae, settings))
-    labels = jnp.arange(args.batch, dtype=jnp.int32) % 1000
-    index = jnp.arange(args.batch, dtype=jnp.int32)
-
-    var_shapes, vae_shapes = param_shapes(var, vae)
-    start = time.perf_counter()
-    compiled = fn.lower(var_shapes, vae_shapes, labels, jnp.uint32(0), index).compile()
-    compile_s = time.perf_counter() - start
+    var, vae = build(args.depth, args.dtype, args.attn_impl)
+    result = measure(var, vae, args.batch, args.cfg, args.iters, args.compile_only)
     line = (f"backend={jax.default_backend()} device={jax.devices()[0].device_kind} depth={args.depth} "
-            f"batch={args.batch} dtype={args.dtype} attn={args.attn_impl} compile_s={compile_s:.1f}")
+            f"batch={args.batch} dtype={args.dtype} attn={args.attn_impl} compile_s={result['compile_s']:.1f}")
     if args.compile_only:
         print(line)
         return
-    var_params, vae_params = init_params(var, vae, 0)
-    out = compiled(var_params, vae_params, labels, jnp.uint32(0), index)  # warm-up
-    jax.block_until_ready(out)
-    times = []
-    for i in range(args.iters):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(var_params, vae_params, labels, jnp.uint32(i + 1), index))
-        times.append(time.perf_counter() - start)
-    best = min(times)
-    print(f"{line} batch_s={best:.2f} images_per_s={args.batch / best:.2f} "
-          f"(median {args.batch / float(np.median(times)):.2f})")
+    print(f"{line} batch_s={result['batch_s']:.2f} images_per_s={args.batch / result['batch_s']:.2f} "
+          f"(median {args.batch / result['median_batch_s']:.2f})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Prints one line: depth, batch, seconds per batch, images/s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import types
@@ -22,6 +23,9 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", default="", choices=["", "bfloat16", "float16"],
+                   help="autocast dtype, as the official demo samples on a GPU (default: fp32)")
     args = p.parse_args()
 
     import torch
@@ -39,7 +43,7 @@ def main():
 
     shared = args.depth == 36
     pn = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32) if shared else (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-    vae, var = build_vae_var(V=4096, Cvae=32, ch=160, share_quant_resi=4, device="cpu", patch_nums=pn,
+    vae, var = build_vae_var(V=4096, Cvae=32, ch=160, share_quant_resi=4, device=args.device, patch_nums=pn,
                              num_classes=1000, depth=args.depth, shared_aln=shared, attn_l2_norm=True,
                              flash_if_available=False, fused_if_available=False)
     # build_vae_var disables torch's default init for speed and only initialises VAR: give the
@@ -47,18 +51,24 @@ def main():
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in vae.parameters():
-            param.copy_(torch.randn(param.shape, generator=g) * 0.02)
+            param.copy_(torch.randn(param.shape, generator=g).to(param.device) * 0.02)
     var.eval()
-    labels = torch.arange(args.batch) % 1000
+    labels = (torch.arange(args.batch) % 1000).to(args.device)
+    autocast = (torch.autocast(args.device, dtype=getattr(torch, args.amp)) if args.amp
+                else contextlib.nullcontext())
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         var.autoregressive_infer_cfg(B=args.batch, label_B=labels, g_seed=0, cfg=1.5, top_k=900, top_p=0.96)
+        sync()
         for i in range(args.iters):
             start = time.perf_counter()
             var.autoregressive_infer_cfg(B=args.batch, label_B=labels, g_seed=i + 1, cfg=1.5, top_k=900, top_p=0.96)
+            sync()
             times.append(time.perf_counter() - start)
     best = min(times)
-    print(f"official torch={torch.__version__} threads={torch.get_num_threads()} depth={args.depth} "
+    print(f"official torch={torch.__version__} device={args.device} amp={args.amp or 'none'} "
+          f"threads={torch.get_num_threads()} depth={args.depth} "
           f"batch={args.batch} batch_s={best:.2f} images_per_s={args.batch / best:.2f}")
 
 

@@ -253,19 +253,22 @@ class VAR(nn.Module):
 
     def lvl_pos(self):
         """(1, L, C) level embedding + absolute position embedding."""
-        return self.lvl_embed(jnp.asarray(scale_ids(self.patch_nums)))[None] + self.pos_1LC
+        return (self.lvl_embed(jnp.asarray(scale_ids(self.patch_nums)))[None]
+                + self.pos_1LC).astype(jnp.float32)
 
     def class_condition(self, labels):
-        return self.class_emb(labels)
+        # float32 whatever the weights' dtype: the residual stream stays float32 (bf16 weights
+        # for sampling cast only the matmuls' operands).
+        return self.class_emb(labels).astype(jnp.float32)
 
     def first_tokens(self, cond):
         """Input of scale 0: sos (= class embedding) + pos_start + lvl_pos, (B, first_l, C)."""
-        return cond[:, None, :] + self.pos_start + self.lvl_pos()[:, :self.first_l]
+        return cond[:, None, :] + self.pos_start.astype(jnp.float32) + self.lvl_pos()[:, :self.first_l]
 
     def embed_next(self, x_next, start: int):
         """Input of a later scale: word_embed(next-scale f̂ tokens) + lvl_pos at its positions."""
         n = x_next.shape[1]
-        return self.word_embed(x_next) + self.lvl_pos()[:, start:start + n]
+        return self.word_embed(x_next).astype(jnp.float32) + self.lvl_pos()[:, start:start + n]
 
     # ---- teacher-forced forward --------------------------------------------------------------
     def __call__(self, labels, x_in, *, train: bool = False):

@@ -216,6 +216,15 @@ class VARSampler(Sampler):
     def image_size(self) -> int:
         return self.tokenizer.spec.latent_size * self.tokenizer.downsample
 
+    def set_params(self, gen_params, tok_params) -> None:
+        """As `Sampler.set_params`; with a bfloat16 VAR (`config.var.dtype`), its weights are kept
+        in bfloat16 too (half the memory traffic; logits and sampling stay float32)."""
+        if jnp.dtype(self.generator.dtype) == jnp.bfloat16:
+            gen_params = jax.tree_util.tree_map(
+                lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                gen_params)
+        super().set_params(gen_params, tok_params)
+
     def _run(self, labels, seed: int, first_index: int, edit: EditGuide | None, return_logits: bool):
         n = len(labels)
         if edit is not None:
