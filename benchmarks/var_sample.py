@@ -64,6 +64,24 @@ def measure(var, vae, batch: int, cfg: float = 1.5, iters: int = 3, compile_only
     return result
 
 
+def measure_decode(vae, vae_params, batch: int, iters: int = 3) -> float:
+    """Best seconds of the VQ-VAE decode alone (f̂ → uint8 image) at `batch`: the part of a
+    sampled batch that is convolutions, not the transformer."""
+    from bigvar.sampling.common import to_uint8
+    spec = vae.spec
+    f_hat = jnp.asarray(np.random.default_rng(0).normal(
+        size=(batch, spec.latent_size, spec.latent_size, vae.z_channels)), jnp.float32)
+    decode = jax.jit(lambda p, f: to_uint8(vae.apply(p, f, method=msvq.MultiScaleVQVAE.fhat_to_img),
+                                           vae.VALUE_RANGE))
+    jax.block_until_ready(decode(vae_params, f_hat))
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(decode(vae_params, f_hat))
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depth", type=int, default=16)
@@ -73,6 +91,8 @@ def main():
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--iters", type=int, default=3, help="timed runs after the compile")
     p.add_argument("--compile_only", action="store_true")
+    p.add_argument("--breakdown", action="store_true", help="also time the VQ-VAE decode alone "
+                   "(the rest of a batch is the transformer's 10 scales and the sampling)")
     args = p.parse_args()
 
     var, vae = build(args.depth, args.dtype, args.attn_impl)
@@ -82,6 +102,9 @@ def main():
     if args.compile_only:
         print(line)
         return
+    if args.breakdown:
+        decode_s = measure_decode(vae, init_params(var, vae, 0)[1], args.batch, args.iters)
+        line += f" decode_s={decode_s:.2f} transformer_and_sampling_s={result['batch_s'] - decode_s:.2f}"
     print(f"{line} batch_s={result['batch_s']:.2f} images_per_s={args.batch / result['batch_s']:.2f} "
           f"(median {args.batch / result['median_batch_s']:.2f})")
 

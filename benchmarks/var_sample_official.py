@@ -24,6 +24,7 @@ def main():
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--breakdown", action="store_true", help="also time the VQ-VAE decode alone")
     p.add_argument("--amp", default="", choices=["", "bfloat16", "float16"],
                    help="autocast dtype, as the official demo samples on a GPU (default: fp32)")
     args = p.parse_args()
@@ -67,9 +68,23 @@ def main():
             sync()
             times.append(time.perf_counter() - start)
     best = min(times)
+    extra = ""
+    if args.breakdown:  # f̂ → image, as autoregressive_infer_cfg's last line
+        f_hat = torch.randn(args.batch, 32, pn[-1], pn[-1], generator=g).to(args.device)
+        decode_times = []
+        with torch.inference_mode(), autocast:
+            vae.fhat_to_img(f_hat)
+            for _ in range(args.iters):
+                sync()
+                start = time.perf_counter()
+                vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
+                sync()
+                decode_times.append(time.perf_counter() - start)
+        decode_s = min(decode_times)
+        extra = f" decode_s={decode_s:.2f} transformer_and_sampling_s={best - decode_s:.2f}"
     print(f"official torch={torch.__version__} device={args.device} amp={args.amp or 'none'} "
           f"threads={torch.get_num_threads()} depth={args.depth} "
-          f"batch={args.batch} batch_s={best:.2f} images_per_s={args.batch / best:.2f}")
+          f"batch={args.batch} batch_s={best:.2f} images_per_s={args.batch / best:.2f}{extra}")
 
 
 if __name__ == "__main__":
