@@ -212,14 +212,3 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(f.read()) if is_url(path) else f) as data:
             return {key: data[key] for key in data.files}
 
-
-@contextlib.contextmanager
-def local_copy(path: str) -> Iterator[str]:
-    """A local path holding the file `path` for the block (a URL is downloaded to a temporary)."""
-    if not is_url(path):
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="bigvar-download-") as folder:
-        local = os.path.join(folder, os.path.basename(path))
-        filesystem(path).get_file(path, local)
-        yield local
