@@ -95,6 +95,21 @@ def test_transformer_condition_features_and_flip_logits(converted):
         features(model, p, tokens, null, model.n_layer)
 
 
+def test_bfloat16_transformer_stays_close_to_the_official_float32(converted):
+    """`bigr.dtype=bfloat16` (matmuls in bf16, residual stream, norms and the transcoder's
+    output in float32): the condition features stay within 1 % (relative norm) of the official
+    fp32 ones."""
+    _, config, params, _, fx, _ = converted
+    config = config.copy_and_resolve_references()  # (the fixture is shared)
+    config.bigr.dtype = "bfloat16"
+    model = models.build(config)[0]
+    z = model.apply(params["bigr"], jnp.asarray(fx["tokens"]), jnp.asarray(fx["mask"]),
+                    jnp.asarray(fx["labels"]), method=BiGR.condition)
+    assert z.dtype == jnp.float32
+    assert_close(z, fx["z"], 1e-2, 5e-2)
+    assert not np.allclose(np.asarray(z).reshape(-1), fx["z"].reshape(-1), rtol=1e-4, atol=0)  # (bf16 ran)
+
+
 @pytest.mark.parametrize("prefix, steps", [("trace", 5), ("trace100", 100)])
 def test_transcoder_sampling_replays_the_official_trace(converted, prefix, steps):
     """Given the official Bernoulli draws, every posterior the transcoder computes equals the
