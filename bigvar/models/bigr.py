@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigvar.errors import invalid
-from bigvar.nn.layers import (attention, constrain, dense, layer_norm, layer_stack, param,
-                               validate_stack_fields)
+from bigvar.nn.layers import (ATTENTION_IMPLS, attention, constrain, dense, layer_norm,
+                              layer_stack, param, validate_stack_fields)
 
 Dtype = Any
 
@@ -47,8 +47,9 @@ def validate_section(g, tokenizer, name: str = "bigr") -> None:
     grid = tokenizer.img_size // 2 ** (len(tokenizer.ch_mult) - 1)
     if grid * grid != g.seq_len:
         invalid(f"{name}.seq_len", g.seq_len, f"the B-AE's token count {grid}×{grid} = {grid * grid}")
-    if g.attn_impl not in ("xla", "cudnn"):
-        invalid(f"{name}.attn_impl", g.attn_impl, "'xla' or 'cudnn' (GPU only)")
+    if g.attn_impl not in ATTENTION_IMPLS:
+        invalid(f"{name}.attn_impl", g.attn_impl, "'xla', 'cudnn' (a GPU in bfloat16; XLA "
+                "elsewhere) or 'auto' (cuDNN where it runs)")
     validate_stack_fields(g, name)
 
 

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigvar.errors import invalid
-from bigvar.nn.layers import (attention, constrain, dense, l2_normalize, layer_norm, layer_stack,
-                               param, validate_stack_fields)
+from bigvar.nn.layers import (ATTENTION_IMPLS, attention, constrain, dense, l2_normalize,
+                              layer_norm, layer_stack, param, validate_stack_fields)
 
 ACT = ("act_batch", "act_seq", "act_embed")
 
@@ -56,8 +56,9 @@ def validate_section(v, name: str = "var") -> None:
         invalid(f"{name}.num_heads", v.num_heads, f"a divisor of {name}.embed_dim={v.embed_dim}")
     if v.num_classes < 1:
         invalid(f"{name}.num_classes", v.num_classes, "≥ 1")
-    if v.attn_impl not in ("xla", "cudnn"):
-        invalid(f"{name}.attn_impl", v.attn_impl, "'xla' or 'cudnn' (GPU only)")
+    if v.attn_impl not in ATTENTION_IMPLS:
+        invalid(f"{name}.attn_impl", v.attn_impl, "'xla', 'cudnn' (a GPU in bfloat16; XLA "
+                "elsewhere) or 'auto' (cuDNN where it runs)")
     if v.dtype not in ("float32", "bfloat16"):
         invalid(f"{name}.dtype", v.dtype, "'float32' or 'bfloat16'")
     validate_stack_fields(v, name)

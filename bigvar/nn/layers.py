@@ -5,6 +5,8 @@ module runs unsharded on one CPU and FSDP/tensor-parallel on a pod (see `bigvar.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -51,24 +53,42 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(norm, eps)
 
 
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float,
               mask: jax.Array | None = None, impl: str = "xla") -> jax.Array:
     """Softmax attention. q: (B, T, H, D); k, v: (B, S, H, D); mask: (T, S) bool, True = attend.
 
-    `xla` is a plain einsum (softmax in float32); `cudnn` asks for cuDNN's fused kernel (GPU,
-    fp16/bf16 only). Returns (B, T, H, D) in q's dtype.
+    `xla` is a plain einsum (softmax in float32), the path the parity tests pin. `cudnn` asks for
+    cuDNN's fused flash kernel, which runs on a GPU in bfloat16/float16; on another backend or in
+    float32 it falls back to `xla` with a warning. `auto` takes cuDNN where it runs and `xla`
+    elsewhere, silently. Returns (B, T, H, D) in q's dtype.
     """
-    if impl == "cudnn":
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=None if mask is None else mask[None, None], scale=scale,
-            implementation="cudnn")
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
     if impl != "xla":
-        raise ValueError(f"attention impl {impl!r} is not one of 'xla', 'cudnn'")
+        if _cudnn_runs(q.dtype):
+            return jax.nn.dot_product_attention(
+                q, k, v, mask=None if mask is None else mask[None, None], scale=scale,
+                implementation="cudnn")
+        if impl == "cudnn":
+            _warn_cudnn_fallback(jax.default_backend(), jnp.dtype(q.dtype).name)
     logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         logits = jnp.where(mask[None, None], logits, -jnp.inf)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhts,bshd->bthd", weights, v)
+
+
+def _cudnn_runs(dtype) -> bool:
+    return jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+
+
+@functools.lru_cache(maxsize=None)  # once per backend and dtype, not once per traced layer
+def _warn_cudnn_fallback(backend: str, dtype: str) -> None:
+    logging.warning("attn_impl='cudnn' needs a GPU and bfloat16/float16 (here: %s, %s): using "
+                    "XLA's attention", backend, dtype)
 
 
 def layer_stack(block: type[nn.Module], *, length: int, in_axes: tuple, remat: bool,
