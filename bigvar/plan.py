@@ -1,9 +1,13 @@
 """Memory planner: compile a config's train step ahead of time for N (fake) devices on this CPU
-and print what each device would hold.
+and print what each device would hold; or, with --sample, what sampling needs per image and the
+largest batch that fits a device.
 
   python -m bigvar.plan --config=configs/var_d30.py --devices=64
   python -m bigvar.plan --config=configs/var_d30.py --devices=256 --config.mesh.data=32 \\
       --config.mesh.fsdp=8 --config.var.dtype=bfloat16 --config.var.remat=True
+  python -m bigvar.plan --config=configs/var_d30.py --sample --memory_gib=80 --config.var.dtype=bfloat16
+
+The sampling job uses the same estimate to choose its batch (`sample.batch_size=0`).
 
 Nothing is allocated: the train state and batch are abstract (shapes + shardings), and XLA's
 own buffer assignment gives the temporaries (activations, gradients, tokenizer work). Figures are
@@ -24,6 +28,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file
                                           lock_config=True)
 _DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to plan for (faked on the CPU).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0: config.train.batch_size).")
+_SAMPLE = flags.DEFINE_bool("sample", False, "Plan `mode=sample` (per device) instead of training.")
+_MEMORY_GIB = flags.DEFINE_float("memory_gib", 0.0, "--sample: a device's memory in GiB, "
+                                 "weights included (0: what this machine's device has free)")
 flags.mark_flags_as_required(["config"])
 
 GIB = 2 ** 30
@@ -82,6 +89,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    if _SAMPLE.value:
+        return plan_sampling(config, _MEMORY_GIB.value)
     result = plan(config, _DEVICES.value, _BATCH.value)
     gen = config[config.model]
     print(f"{config.model} ({'depth ' + str(gen.depth) if config.model == 'var' else str(gen.n_layer) + ' layers'}, "
@@ -96,8 +105,35 @@ def main(argv):
     return 0
 
 
+def plan_sampling(config, memory_gib: float) -> int:
+    """Prints `mode=sample`'s memory per device and the batch the sampling job would choose."""
+    import jax
+
+    from bigvar import config_lib, models, parallel
+    from bigvar.sampling import job, memory
+
+    config_lib.validate(config)
+    mesh = parallel.make_mesh(config.mesh)
+    generator, tokenizer = models.build(config)
+    sampler = job.make_sampler_from_params(config, generator, tokenizer,
+                                           *models.param_shapes(generator, tokenizer), mesh)
+    started = time.time()
+    # The weights are abstract here, not on the device: they are taken from its free memory.
+    free = memory_gib or (memory.free_device_memory() / GIB)
+    fit = memory.plan_batch(sampler, cap=1 << 20, memory_gib=free)
+    print(f"{config.model} sampling ({jax.default_backend()} compile, {time.time() - started:.1f} s), "
+          f"per device: weights {memory.weight_bytes(sampler) / GIB:.3f} GiB, then "
+          f"{fit.per_image / GIB:.3f} GiB per image + {fit.fixed / GIB:.3f} GiB; {free:.1f} GiB "
+          f"(×{memory.MEMORY_HEADROOM} headroom) → {fit.per_device} images per device, a batch of "
+          f"{fit.per_device * parallel.data_parallel_size(mesh)}")
+    return 0
+
+
 def _fake_devices_from_argv(argv) -> None:
-    """XLA reads the device count once, at backend start: set it before jax touches a device."""
+    """XLA reads the device count once, at backend start: set it before jax touches a device.
+    A sampling plan is of this machine's own devices (their compiler and their free memory)."""
+    if "--sample" in argv or "--sample=true" in argv:
+        return
     n = 8
     for i, a in enumerate(argv):
         if a.startswith("--devices="):

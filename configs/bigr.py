@@ -54,7 +54,9 @@ def get_config(arg=None):
     config.bigr = bigr.config_section(binary_size=bits, seq_len=(resolution // 16) ** 2, **sizes)
     config.bae = bae.config_section(codebook_size=bits, img_size=resolution)
     config.sample = ml_collections.ConfigDict(dict(
-        classes=(980, 437, 22, 562, 207, 88, 279, 388), images_per_class=2, batch_size=16, seed=0,
+        classes=(980, 437, 22, 562, 207, 88, 279, 388), images_per_class=2, seed=0,
+        batch_size=16,  # over all devices; 0: the largest that fits in each device's memory
+        memory_gib=0.0,  # with batch_size 0: a device's memory, weights included (0: what is free)
         num_iter=20, cfg=3.0, cfg_schedule="constant", gumbel=0.01, gumbel_schedule="constant",
         temperature=1.0, diffusion_steps=DIFFUSION_STEPS, transcoder_steps=100, grid_cols=8, save_pngs=True))
     # train_ddp.py / paper Table 7: constant lr 1e-4, wd 0.02, clip 1, EMA 0.9999, 400 epochs.
@@ -67,5 +69,5 @@ def get_config(arg=None):
     if variant in ("paper", "fid"):  # Table 7 of the paper (FID runs): cfg 2.5, I and Gumbel per size
         config.sample.update(cfg=2.5, num_iter=iters, gumbel=gumbel)
     if variant == "fid":  # … with 50 images for each class, as the paper's FID-50K
-        config.sample.update(classes=(), images_per_class=50, batch_size=64)
+        config.sample.update(classes=(), images_per_class=50, batch_size=0)
     return config

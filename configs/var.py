@@ -44,7 +44,9 @@ def get_config(arg=None):
     config.vae = msvq.config_section()
     config.sample = ml_collections.ConfigDict(dict(
         classes=(980, 437, 22, 562, 207, 88, 279, 388),  # () = every class
-        images_per_class=2, batch_size=16, seed=0,
+        images_per_class=2, seed=0,
+        batch_size=16,  # over all devices; 0: the largest that fits in each device's memory
+        memory_gib=0.0,  # with batch_size 0: a device's memory, weights included (0: what is free)
         cfg=1.5, top_k=900, top_p=0.96, more_smooth=False,  # the official FID settings
         grid_cols=8, save_pngs=True,
     ))
@@ -53,7 +55,7 @@ def get_config(arg=None):
     config.data = data.data_section(source="folder", path="", num_classes=1000, transform="var",
                                     value_range="minus_one_one", hflip=False)
     if variant == "fid":  # the README protocol: 50 images for each of the 1000 classes
-        config.sample.update(classes=(), images_per_class=50, batch_size=64, save_pngs=True)
+        config.sample.update(classes=(), images_per_class=50, batch_size=0, save_pngs=True)
     elif variant == "demo":  # the demo notebook's settings
         config.sample.update(cfg=4.0, top_p=0.95)
     return config

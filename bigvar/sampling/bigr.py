@@ -297,7 +297,7 @@ class BiGRSampler(Sampler):
         return np.tile(reveal_counts(self.generator.seq_len, self.settings.num_iter), (batch, 1))
 
     def _run(self, name, cond, seed, first_index, counts, known_tokens=None, known=None,
-             final_fill=False, official_budget=False):
+             final_fill=False, official_budget=False, lower=False):
         n = cond.shape[0]
         model, bae, settings = self.generator, self.tokenizer, self.settings
         # The official budget may pick known tokens, whose probabilities are then needed too.
@@ -310,12 +310,20 @@ class BiGRSampler(Sampler):
                                           known_tokens, known, final_fill, segments)
             return BiGRSampleOutput(decode_to_uint8(bae, bae_params, tokens), tokens, times)
 
-        out = self._jit((name, final_fill, known is None, segments), fn)(
-            self.gen_params, self.tok_params, self._pad(cond), jnp.uint32(seed),
-            self._pad(self._sample_index(first_index, n)), self._pad(counts),
-            None if known_tokens is None else self._pad(known_tokens),
-            None if known is None else self._pad(known))
-        return self._unpad(out, n)
+        call = self._jit((name, final_fill, known is None, segments), fn)
+        args = (self.gen_params, self.tok_params, self._pad(cond), jnp.uint32(seed),
+                self._pad(self._sample_index(first_index, n)), self._pad(counts),
+                None if known_tokens is None else self._pad(known_tokens),
+                None if known is None else self._pad(known))
+        return call.lower(*args) if lower else self._unpad(call(*args), n)
+
+    def _lower_generate(self, batch: int) -> jax.stages.Lowered:
+        labels = np.full(batch, self.generator.num_classes, np.int32)
+        cond = jax.eval_shape(  # the weights may be abstract: only the condition's shape is needed
+            lambda params: self.generator.apply(params, labels, method=BiGR.class_embedding),
+            self.gen_params)
+        return self._run("generate", np.zeros(cond.shape, cond.dtype), 0, 0,
+                         self._reveal_counts(batch), lower=True)
 
     # ---- public API ----------------------------------------------------------------------------
     def generate(self, labels, seed: int = 0, first_index: int = 0) -> BiGRSampleOutput:

@@ -52,12 +52,20 @@ class Sampler:
         self._batch_sharding = parallel.batch_sharding(self.mesh)
         self._batch_multiple = parallel.data_parallel_size(self.mesh)
         self._jitted = {}
+        self._generate_bytes = {}  # batch → bytes per device (`generate_bytes`)
         self.set_params(gen_params, tok_params)
 
     def set_params(self, gen_params, tok_params) -> None:
-        """New weights of the same shapes (e.g. during training): compiled samplers are reused."""
-        self.gen_params = jax.device_put(gen_params, self._replicated)
-        self.tok_params = jax.device_put(tok_params, self._replicated)
+        """New weights of the same shapes (e.g. during training): compiled samplers are reused.
+        Abstract weights (`jax.ShapeDtypeStruct` leaves) make a sampler that can only be lowered,
+        which is all the memory planner needs (`generate_bytes`)."""
+        self.gen_params, self.tok_params = (
+            jax.tree_util.tree_map(self._place, params) for params in (gen_params, tok_params))
+
+    def _place(self, array):
+        if isinstance(array, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=self._replicated)
+        return jax.device_put(array, self._replicated)
 
     def check_labels(self, labels) -> np.ndarray:
         return check_labels(labels, self.generator.num_classes)
@@ -92,6 +100,22 @@ class Sampler:
         """A NamedTuple of outputs (arrays or None) as NumPy, without the padding rows; on every
         process, whichever devices made them."""
         return type(outputs)(*(None if x is None else multihost.to_host(x)[:n] for x in outputs))
+
+    def generate_bytes(self, batch: int) -> int:
+        """Bytes one device needs, beyond the weights it already holds, to `generate` a batch of
+        `batch` images (a multiple of the data-parallel size): XLA's buffer assignment of the
+        compiled call, its temporaries and outputs. Compiles (once per batch size), runs nothing."""
+        if batch not in self._generate_bytes:
+            memory = self._lower_generate(batch).compile().memory_analysis()
+            if memory is None:
+                raise NotImplementedError(f"{jax.default_backend()} reports no compiled memory "
+                                          "use; set sample.batch_size")
+            self._generate_bytes[batch] = int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
+        return self._generate_bytes[batch]
+
+    def _lower_generate(self, batch: int) -> jax.stages.Lowered:
+        """`generate` of `batch` null-class labels, lowered but not compiled (for `generate_bytes`)."""
+        raise NotImplementedError
 
     def _jit(self, key, fn):
         """`jax.jit(fn)`, made once per `key`, which names everything static that fn closes over."""

@@ -31,6 +31,7 @@ from bigvar import config_lib, models, multihost, npz, parallel, storage, weight
 from bigvar.errors import UserError, invalid
 from bigvar.images import make_grid, save_png
 from bigvar.storage import atomic_write
+from bigvar.sampling import memory
 from bigvar.sampling.bigr import BiGRSamplingSettings, BiGRSampler
 from bigvar.sampling.var import SamplingSettings, VARSampler
 from bigvar.train.checkpoints import array_checksums
@@ -44,9 +45,13 @@ def validate_sample_section(sample: ml_collections.ConfigDict, num_classes: int)
     if bad:
         invalid("sample.classes", tuple(sample.classes),
                 f"class ids in [0, {num_classes}) (got {bad}); use () for every class")
-    if sample.images_per_class < 1 or sample.batch_size < 1:
-        invalid("sample.images_per_class/batch_size", (sample.images_per_class, sample.batch_size),
-                "≥ 1")
+    if sample.images_per_class < 1:
+        invalid("sample.images_per_class", sample.images_per_class, "≥ 1")
+    if sample.batch_size < 0:
+        invalid("sample.batch_size", sample.batch_size,
+                "≥ 1 images over all devices, or 0 for the largest batch that fits")
+    if sample.memory_gib < 0:
+        invalid("sample.memory_gib", sample.memory_gib, "≥ 0 GiB (0: the device's free memory)")
 
 
 def load_params(config: ml_collections.ConfigDict, generator, tokenizer, mesh):
@@ -118,6 +123,39 @@ def claim_samples_dir(out_dir: str, identity: dict) -> None:
             "its images.")
 
 
+def auto_batch_size(sampler, num_images: int, memory_gib: float = 0.0) -> int:
+    """The largest global batch whose sampling fits in each device's free memory (or in
+    `memory_gib` per device), at most the job's images (`memory.plan_batch`: the bytes per image
+    come from the compiled sampler). Every process plans for its own devices; the smallest
+    batch wins, so all agree."""
+    shards = parallel.data_parallel_size(sampler.mesh)
+    fit = memory.plan_batch(sampler, cap=-(-num_images // shards), memory_gib=memory_gib)
+    per_device = min(multihost.gather_json(fit.per_device))
+    if per_device < 1:
+        raise UserError(
+            f"sampling one image needs {(fit.fixed + fit.per_image) / memory.GIB:.2f} GiB per "
+            f"device beyond the weights, and {fit.free / memory.GIB:.2f} GiB is free: use bfloat16 "
+            f"weights (--config.{sampler_section(sampler)}.dtype=bfloat16), more devices, or set "
+            "--config.sample.memory_gib if the free memory is misread")
+    batch = min(per_device * shards, num_images)
+    logging.info("sample.batch_size=0: %.1f MiB per image and %.1f MiB fixed per device, %.1f GiB "
+                 "free → %d images per device, a batch of %d", fit.per_image / 2 ** 20,
+                 fit.fixed / 2 ** 20, fit.free / memory.GIB, per_device, batch)
+    return batch
+
+
+def sampler_section(sampler) -> str:
+    return "bigr" if isinstance(sampler, BiGRSampler) else "var"
+
+
+def recorded_batch_size(out_dir: str) -> int | None:
+    """The batch size in `out_dir/job.json`, when an earlier run of a job recorded one."""
+    path = os.path.join(out_dir, JOB_FILE)
+    if not storage.exists(path):
+        return None
+    return json.loads(storage.read_text(path)).get("batch_size")
+
+
 def _load_part(path: str, index: np.ndarray, digest: str):
     """(images, tokens) of a finished batch, or None when it must be (re)made."""
     try:
@@ -142,12 +180,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     s = config.sample
     labels = class_labels(config)
     n = len(labels)
-    batch = min(s.batch_size, n)
+    out_dir = os.path.join(workdir, "samples")
+    if s.batch_size:
+        batch = min(s.batch_size, n)
+    else:  # a resumed job keeps its batches, whatever memory this machine has free now
+        batch = multihost.chief_decides(lambda: recorded_batch_size(out_dir))
+        if batch is None:
+            batch = auto_batch_size(sampler, n, s.memory_gib)
+        else:
+            logging.info("sample.batch_size=0: %d, as recorded by this job's earlier run", batch)
     weights_digest = _digest(array_checksums((gen_params, tok_params)))
     identity = job_identity(config, labels, batch, sampler, weights_digest)
     digest = _digest(identity)
 
-    out_dir = os.path.join(workdir, "samples")
     parts_dir, png_dir = os.path.join(out_dir, "parts"), os.path.join(out_dir, "images")
     num_batches = -(-n // batch)
     parts = [os.path.join(parts_dir, f"batch_{k:05d}.npz") for k in range(num_batches)]

@@ -199,6 +199,15 @@ def scale_progression(vae: MultiScaleVQVAE, vae_params, tokens: jax.Array) -> ja
     return jnp.stack(images, axis=1)
 
 
+def _to_bfloat16(array):
+    """A float array (or abstract array) as bfloat16; other dtypes as they are."""
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        return array
+    if isinstance(array, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(array.shape, jnp.bfloat16)
+    return array.astype(jnp.bfloat16)
+
+
 class VARSampler(Sampler):
     """VAR's public sampling API: generation and zero-shot editing, one jitted `sample` per kind
     of call (params, batch sharding, label checks and the jit cache come from `Sampler`).
@@ -220,12 +229,11 @@ class VARSampler(Sampler):
         """As `Sampler.set_params`; with a bfloat16 VAR (`config.var.dtype`), its weights are kept
         in bfloat16 too (half the memory traffic; logits and sampling stay float32)."""
         if jnp.dtype(self.generator.dtype) == jnp.bfloat16:
-            gen_params = jax.tree_util.tree_map(
-                lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                gen_params)
+            gen_params = jax.tree_util.tree_map(_to_bfloat16, gen_params)
         super().set_params(gen_params, tok_params)
 
-    def _run(self, labels, seed: int, first_index: int, edit: EditGuide | None, return_logits: bool):
+    def _run(self, labels, seed: int, first_index: int, edit: EditGuide | None, return_logits: bool,
+             lower: bool = False):
         n = len(labels)
         if edit is not None:
             edit = EditGuide([self._pad(g) for g in edit.gt_idx], [self._pad(k) for k in edit.keep])
@@ -235,10 +243,14 @@ class VARSampler(Sampler):
             return sample(var, vae, settings, var_params, vae_params, labels, seed, index, guide,
                           return_logits=return_logits)
 
-        out = self._jit((edit is None, return_logits), fn)(
-            self.gen_params, self.tok_params, self._pad(labels), jnp.uint32(seed),
-            self._pad(self._sample_index(first_index, n)), edit)
-        return self._unpad(out, n)
+        call = self._jit((edit is None, return_logits), fn)
+        args = (self.gen_params, self.tok_params, self._pad(labels), jnp.uint32(seed),
+                self._pad(self._sample_index(first_index, n)), edit)
+        return call.lower(*args) if lower else self._unpad(call(*args), n)
+
+    def _lower_generate(self, batch: int) -> jax.stages.Lowered:
+        return self._run(np.full(batch, self.generator.num_classes, np.int32), 0, 0, None, False,
+                         lower=True)
 
     def generate(self, labels, seed: int = 0, first_index: int = 0,
                  return_logits: bool = False) -> SampleOutput:
