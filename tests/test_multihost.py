@@ -18,8 +18,10 @@ import pytest
 from PIL import Image
 
 import distributed_cli
-from bigvar import config_lib
+from bigvar import config_lib, models, parallel
 from bigvar.eval import job as eval_job
+from bigvar.sampling import job as sampling_job
+from bigvar.sampling import memory
 from test_eval_job import smooth_images
 
 pytestmark = pytest.mark.slow
@@ -235,6 +237,31 @@ def test_sampling_and_evaluation_on_two_processes_equal_one_and_resume_after_a_k
         results = job.wait(timeout=300)
     for r in results:
         assert r.returncode == 2 and "holds samples made with other settings" in r.output, r.output[-2000:]
+
+
+def test_sampling_batch_from_memory_is_the_same_on_every_process(tmp_path):
+    """sample.batch_size=0 on 2 processes: each plans its devices' batch from the compiled
+    sampler, they agree, and the job samples in batches of that size."""
+    config = config_lib.load_config_file("var_tiny.py")
+    config.var.patch_nums = (1, 2, 3, 4)
+    generator, tokenizer = models.build(config)
+    sampler = sampling_job.make_sampler_from_params(  # this process: the same 8-device mesh
+        config, generator, tokenizer, *models.param_shapes(generator, tokenizer),
+        parallel.make_mesh(config.mesh))
+    fixed, per_image = memory.sampling_memory(sampler)
+    room_for_1_5 = (memory.weight_bytes(sampler)
+                    + (fixed + 1.5 * per_image) / memory.MEMORY_HEADROOM) / memory.GIB
+    args = ["--config=configs/var_tiny.py", "--config.var.patch_nums=(1,2,3,4)",
+            "--config.sample.classes=(1,2,3,4,5,6)", "--config.sample.images_per_class=2",
+            "--config.sample.batch_size=0", f"--config.sample.memory_gib={room_for_1_5}",
+            "--config.allow_random_init=True", "--config.sample.save_pngs=False"]
+    results = distributed_cli.run(args, tmp_path)
+    for r in results:
+        assert "1 images per device, a batch of 8" in r.output, r.output[-3000:]
+    assert json.loads((tmp_path / "samples" / "job.json").read_text())["batch_size"] == 8
+    assert sorted(os.listdir(tmp_path / "samples" / "parts")) == ["batch_00000.npz", "batch_00001.npz"]
+    with np.load(tmp_path / "samples" / "samples.npz") as npz:
+        assert npz["tokens"].shape == (12, 30)
 
 
 def test_a_locked_run_directory_stops_every_process(tmp_path):
