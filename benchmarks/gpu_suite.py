@@ -8,13 +8,15 @@ printed and written as JSON.
 Rows (random weights throughout; each row is measured independently and an error or an
 out-of-memory is recorded in its row instead of stopping the run):
   - VAR-d16 and VAR-d30 sampling (cfg 1.5, top-k 900, top-p 0.96, VQ-VAE decode included),
-    batch 64 and 256, bf16 weights and KV cache, attention through cuDNN and through XLA:
-    compile seconds, images/s, achieved TFLOP/s and the share of the chip's bf16 peak;
+    batch 64 and 256, bf16 weights and KV cache, attention through the chip's fused kernel
+    (cuDNN on a GPU, Pallas splash on a TPU) and through XLA: compile seconds, images/s,
+    achieved TFLOP/s and the share of the chip's bf16 peak;
   - the official VAR sampler on the same chip (`autoregressive_infer_cfg` under bf16 autocast,
     as its demo, same batch and settings), when a checkout is given: images/s and the ratio;
   - BiGR-L sampling (20 iterations, 100 transcoder steps, cfg 2.5), ours and the official one;
-  - training steps: VAR-d16 and BiGR-L in bf16 with remat at the largest batch that fits (tried
-    from large to small), tokens/s and MFU; the VQ-VAE tokenizer's step, images/s.
+  - training steps: VAR-d16 and BiGR-L in bf16 with remat and `attn_impl=auto` at the largest
+    batch that fits (tried from large to small), tokens/s and MFU; the VQ-VAE tokenizer's step,
+    images/s.
 
 FLOP counts (multiply-accumulates × 2; the counts are the model's matmuls and attention):
   VAR sampling, per image: branches × Σ_s pn_s² · (depth · (12·d² + 2·L_s·d) + d·V), with
@@ -112,7 +114,8 @@ def var_sampling(table: Table, smoke: bool) -> dict:
     best = {}
     depths = (2,) if smoke else (16, 30)
     batches = (8,) if smoke else (64, 256)
-    attns = ("xla",) if jax.default_backend() != "gpu" else ("cudnn", "xla")
+    fused = {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend())
+    attns = (fused, "xla") if fused else ("xla",)
     for depth in depths:
         for attn in attns:
             var, vae = var_sample.build(depth, "bfloat16", attn, tiny=smoke)
@@ -128,9 +131,9 @@ def var_sampling(table: Table, smoke: bool) -> dict:
                                     attn=attn)
                 if row and row["images_per_s"] > best.get((depth, batch), {}).get("images_per_s", 0):
                     best[(depth, batch)] = row
-    if jax.default_backend() != "gpu":
-        table.add(what="var sample", attn="cudnn", note=f"skipped: cuDNN attention needs a GPU "
-                  f"(backend {jax.default_backend()})")
+    if not fused:
+        table.add(what="var sample", attn="cudnn/splash", note="skipped: the fused attention "
+                  f"kernels need a GPU or a TPU (backend {jax.default_backend()})")
     return best
 
 
@@ -149,7 +152,7 @@ def official_var(table: Table, ours: dict, checkout: str, python: str, smoke: bo
 def bigr_sampling(table: Table, smoke: bool, checkout: str | None, python: str) -> None:
     import bigr_sample
     batch, num_iter, steps = (4, 2, 5) if smoke else (64, 20, 100)
-    model, bae = bigr_sample.build("l_d24", "bfloat16", tiny=smoke)
+    model, bae = bigr_sample.build("l_d24", "bfloat16", "auto", tiny=smoke)
 
     def measure():
         r = bigr_sample.measure(model, bae, batch, num_iter, steps, cfg=2.5, iters=1)
@@ -185,7 +188,7 @@ def train_steps(table: Table, smoke: bool) -> None:
                 config.var.patch_nums = (1, 2, 3, 4)
             if smoke and model == "bigr":
                 config.bae.img_size, config.bigr.seq_len = 64, 16
-            config[model].update(dtype="bfloat16", remat=True)
+            config[model].update(dtype="bfloat16", remat=True, attn_impl="auto")
             if model == "var":
                 depth, width = config.var.depth, config.var.embed_dim or 64 * config.var.depth
             else:

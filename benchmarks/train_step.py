@@ -65,7 +65,7 @@ def main():
     p.add_argument("--iters", type=int, default=3, help="timed steps after the warm-up")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--remat", action="store_true")
-    p.add_argument("--attn_impl", default="xla", choices=["xla", "cudnn", "auto"])
+    p.add_argument("--attn_impl", default="xla", choices=["xla", "cudnn", "splash", "auto"])
     args = p.parse_args()
 
     config = config_lib.load_config_file(*args.config.split(":", 1))

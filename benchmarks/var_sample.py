@@ -87,7 +87,7 @@ def main():
     p.add_argument("--depth", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--attn_impl", default="xla", choices=["xla", "cudnn", "auto"])
+    p.add_argument("--attn_impl", default="xla", choices=["xla", "cudnn", "splash", "auto"])
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--iters", type=int, default=3, help="timed runs after the compile")
     p.add_argument("--compile_only", action="store_true")

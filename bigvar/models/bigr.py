@@ -48,8 +48,8 @@ def validate_section(g, tokenizer, name: str = "bigr") -> None:
     if grid * grid != g.seq_len:
         invalid(f"{name}.seq_len", g.seq_len, f"the B-AE's token count {grid}×{grid} = {grid * grid}")
     if g.attn_impl not in ATTENTION_IMPLS:
-        invalid(f"{name}.attn_impl", g.attn_impl, "'xla', 'cudnn' (a GPU in bfloat16; XLA "
-                "elsewhere) or 'auto' (cuDNN where it runs)")
+        invalid(f"{name}.attn_impl", g.attn_impl, "'xla', 'cudnn' (a GPU in bfloat16), 'splash' "
+                "(a TPU; both fall back to XLA elsewhere) or 'auto' (the chip's fused kernel)")
     validate_stack_fields(g, name)
 
 

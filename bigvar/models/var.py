@@ -57,8 +57,8 @@ def validate_section(v, name: str = "var") -> None:
     if v.num_classes < 1:
         invalid(f"{name}.num_classes", v.num_classes, "≥ 1")
     if v.attn_impl not in ATTENTION_IMPLS:
-        invalid(f"{name}.attn_impl", v.attn_impl, "'xla', 'cudnn' (a GPU in bfloat16; XLA "
-                "elsewhere) or 'auto' (cuDNN where it runs)")
+        invalid(f"{name}.attn_impl", v.attn_impl, "'xla', 'cudnn' (a GPU in bfloat16), 'splash' "
+                "(a TPU; both fall back to XLA elsewhere) or 'auto' (the chip's fused kernel)")
     if v.dtype not in ("float32", "bfloat16"):
         invalid(f"{name}.dtype", v.dtype, "'float32' or 'bfloat16'")
     validate_stack_fields(v, name)
@@ -84,9 +84,10 @@ class SelfAttention(nn.Module):
     attn_l2_norm: bool
     attn_impl: str
     dtype: Dtype
+    patch_nums: tuple[int, ...]
 
     @nn.compact
-    def __call__(self, x, mask, past_kv):
+    def __call__(self, x, past_kv):
         b, t, c = x.shape
         h, hd = self.num_heads, c // self.num_heads
         # k has no bias: the official qkv bias is cat(q_bias, zeros, v_bias).
@@ -107,9 +108,14 @@ class SelfAttention(nn.Module):
         else:
             scale = 0.25 / math.sqrt(hd)
         new_kv = (k, v)
-        if past_kv is not None:  # KV-cached inference: attend to all earlier scales, no mask.
+        if past_kv is None:  # the whole sequence (or its first scales): block-causal
+            # A NumPy constant, known when tracing: a fused kernel can skip masked-out blocks.
+            mask = block_causal_mask(self.patch_nums)[:t, :t]
+            mask = None if mask.all() else mask
+        else:  # KV-cached inference: one scale attends to all earlier scales and itself
             k = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
             v = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
+            mask = None
         out = attention(q, k, v, scale=scale, mask=mask, impl=self.attn_impl).reshape(b, t, c)
         return dense(c, ("embed", "embed_out"), "proj", dtype=self.dtype)(out), new_kv
 
@@ -137,9 +143,10 @@ class AdaLNSelfAttn(nn.Module):
     norm_eps: float
     attn_impl: str
     dtype: Dtype
+    patch_nums: tuple[int, ...]
 
     @nn.compact
-    def __call__(self, x, past_kv, cond, mask, drop_rate=None):
+    def __call__(self, x, past_kv, cond, drop_rate=None):
         """`drop_rate`: this block's stochastic-depth rate (training), or None."""
         c = self.embed_dim
         if self.shared_aln:
@@ -154,7 +161,8 @@ class AdaLNSelfAttn(nn.Module):
         x = constrain(x, ACT)
         h = layer_norm(x, self.norm_eps) * (1 + scale1) + shift1
         attn_out, new_kv = SelfAttention(c, self.num_heads, self.attn_l2_norm, self.attn_impl,
-                                         self.dtype, name="attn")(h.astype(self.dtype), mask, past_kv)
+                                         self.dtype, self.patch_nums, name="attn")(
+            h.astype(self.dtype), past_kv)
         x = x + self.drop_path(attn_out.astype(jnp.float32) * gamma1, drop_rate)
         h = layer_norm(x, self.norm_eps) * (1 + scale2) + shift2
         ffn_out = FFN(round(c * self.mlp_ratio), self.dtype, name="ffn")(h.astype(self.dtype))
@@ -234,10 +242,10 @@ class VAR(nn.Module):
         if self.shared_aln:
             self.shared_ada_lin = dense(6 * c, ("embed", "adaln"), std=std)
         self.blocks = layer_stack(
-            AdaLNSelfAttn, length=self.depth, in_axes=(0, nn.broadcast, nn.broadcast, 0),
+            AdaLNSelfAttn, length=self.depth, in_axes=(0, nn.broadcast, 0),
             remat=self.remat, remat_policy=self.remat_policy, scan_unroll=self.scan_unroll,
         )(c, self.num_heads, self.mlp_ratio, self.shared_aln, self.attn_l2_norm, self.norm_eps,
-          self.attn_impl, self.dtype)
+          self.attn_impl, self.dtype, tuple(self.patch_nums))
         self.head_nm = AdaLNBeforeHead(c, self.norm_eps)
         self.head = dense(self.vocab_size, ("embed", "vocab"), std=std)
 
@@ -292,11 +300,10 @@ class VAR(nn.Module):
                              self.word_embed(x_in.astype(jnp.float32))], axis=1)
         length = x.shape[1]
         x = x + self.lvl_pos()[:, :length]
-        mask = jnp.asarray(block_causal_mask(self.patch_nums)[:length, :length])
         drop_rates = None
         if train and self.drop_path_rate > 0:
             drop_rates = jnp.linspace(0.0, self.drop_path_rate, self.depth)
-        x, _ = self.blocks(x, None, self.block_condition(cond), mask, drop_rates)
+        x, _ = self.blocks(x, None, self.block_condition(cond), drop_rates)
         return self.logits(x, cond)
 
     # ---- KV-cached inference -----------------------------------------------------------------
@@ -304,5 +311,5 @@ class VAR(nn.Module):
         """Runs every block on one scale's tokens x (B, n, C), attending to `past_kv` (per layer
         k, v of all earlier scales: (depth, B, start, H, hd) each, or None at scale 0).
         Returns (logits (B, n, V), new per-layer (k, v) of these n tokens)."""
-        x, new_kv = self.blocks(x, past_kv, self.block_condition(cond), None, None)
+        x, new_kv = self.blocks(x, past_kv, self.block_condition(cond), None)
         return self.logits(x, cond), new_kv

@@ -120,5 +120,10 @@ class Sampler:
     def _jit(self, key, fn):
         """`jax.jit(fn)`, made once per `key`, which names everything static that fn closes over."""
         if key not in self._jitted:
-            self._jitted[key] = jax.jit(fn)
+            mesh = self.mesh.abstract_mesh
+
+            def traced_on_the_mesh(*args):  # kernels that must run per device see the mesh
+                with jax.sharding.use_abstract_mesh(mesh):
+                    return fn(*args)
+            self._jitted[key] = jax.jit(traced_on_the_mesh)
         return self._jitted[key]
