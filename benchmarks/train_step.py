@@ -79,4 +79,6 @@ def main():
 
 
 if __name__ == "__main__":
+    from bigvar import cpu_tuning
+    cpu_tuning.reexec_with_huge_pages()  # as `python -m bigvar.main` runs on a CPU
     main()
