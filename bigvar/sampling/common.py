@@ -2,6 +2,8 @@
 and the `Sampler` base class (models, settings, params and batches on the mesh, compiled calls)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,6 +124,7 @@ class Sampler:
         if key not in self._jitted:
             mesh = self.mesh.abstract_mesh
 
+            @functools.wraps(fn)  # fn's name in compile logs and profiles
             def traced_on_the_mesh(*args):  # kernels that must run per device see the mesh
                 with jax.sharding.use_abstract_mesh(mesh):
                     return fn(*args)
