@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigvar import multihost, parallel
+from bigvar.errors import UserError
 
 
 def per_sample_keys(seed: jax.Array, sample_index: jax.Array) -> jax.Array:
@@ -110,8 +111,9 @@ class Sampler:
         if batch not in self._generate_bytes:
             memory = self._lower_generate(batch).compile().memory_analysis()
             if memory is None:
-                raise NotImplementedError(f"{jax.default_backend()} reports no compiled memory "
-                                          "use; set sample.batch_size")
+                raise UserError(f"the {jax.default_backend()} backend reports no compiled memory "
+                                "use, so sample.batch_size=0 cannot size the batch: set "
+                                "--config.sample.batch_size")
             self._generate_bytes[batch] = int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
         return self._generate_bytes[batch]
 
