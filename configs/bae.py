@@ -1,5 +1,6 @@
-"""Training BiGR's binary autoencoder with the BinaryLatentDiffusion recipe (BIGR_SPEC §1.4):
-nf 128, emb 256, 16× downsampling, attention at 16×16, GroupNorm on the decoder input.
+"""Training BiGR's binary autoencoder with the BinaryLatentDiffusion recipe (`train_ae_dist.py`,
+`hparams/defaults/binarygan_default.py`): nf 128, emb 256, 16× downsampling, attention at 16×16,
+GroupNorm on the decoder input.
 
   python -m bigvar.main --config=configs/bae.py:24 --workdir=runs/bae24 \
       --config.data.path=/data/imagenet/train --config.loss.lpips_from=ckpt/lpips

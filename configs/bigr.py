@@ -1,5 +1,5 @@
-"""BiGR, class-conditional ImageNet (BIGR_SPEC §2): the released models, the official sampling
-defaults and the paper's training recipe.
+"""BiGR, class-conditional ImageNet (official `haoosz/BiGR`; Hao et al., arXiv 2410.14672): the
+released models, the official sampling defaults and the paper's training recipe.
 
 Convert the official weights once, then sample:
 
@@ -20,8 +20,9 @@ from bigvar.models import bigr
 from bigvar.models.bigr_schedules import DIFFUSION_STEPS
 from bigvar.tokenizers import bae
 
-# Transformer sizes of the releases (BIGR_SPEC §2.1): dim, layers, heads, transcoder blocks and
-# width; the paper's (sampling iterations, Gumbel) for FID (Table 7); training batch.
+# Transformer sizes of the releases (official `BIGR_models` in `llama/gpt.py`): dim, layers,
+# heads, transcoder blocks and width; the paper's (sampling iterations, Gumbel) for FID
+# (Table 7); training batch.
 SIZES = {
     "L": dict(dim=1024, n_layer=24, n_head=16, num_block_mlp=3, denoise_hidden=1024,
               paper=(20, 0.17), batch_size=1024),

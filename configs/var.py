@@ -1,5 +1,5 @@
-"""VAR, class-conditional ImageNet (VAR_SPEC §2): the released depths, their sampling defaults and
-their training recipes.
+"""VAR, class-conditional ImageNet (official `FoundationVision/VAR`, its README and
+`models/__init__.py`): the released depths, their sampling defaults and their training recipes.
 
 Convert the official weights once, then sample:
 
@@ -17,8 +17,9 @@ from bigvar import config_lib, data
 from bigvar.models.var import PATCH_NUMS_256, PATCH_NUMS_512, config_section
 from bigvar.tokenizers import msvq
 
-# depth → the released model (VAR_SPEC §2.1) and its training recipe (§4.7). Every release uses
-# the vae_ch160v4096z32 tokenizer; d36 is the 512-px model with shared AdaLN.
+# depth → the released model (official `build_vae_var`) and its training recipe (the official
+# README's commands). Every release uses the vae_ch160v4096z32 tokenizer; d36 is the 512-px
+# model with shared AdaLN.
 SIZES = {  # parameters, resolution, shared AdaLN, init_adaln_gamma, tblr, batch, epochs, wpe, twde
     16: ("310M", 256, False, 1e-3, 1e-4, 768, 200, 0.1, 0.05),
     20: ("600M", 256, False, 1e-3, 1e-4, 768, 250, 0.1, 0.05),

@@ -139,7 +139,7 @@ def test_transcoder_sampling_replays_the_official_trace(converted, prefix, steps
 
 def test_schedules_equal_the_official_ones():
     fx = np.load(path("schedule.npz"))
-    spec_tables = {  # BIGR_SPEC §3
+    spec_tables = {  # the official `generate_with_cfg` (BiGR's llama/gpt.py)
         (256, 20): [1, 3, 4, 5, 7, 8, 10, 11, 13, 13, 15, 16, 17, 17, 19, 18, 20, 19, 20, 20],
         (256, 25): [1, 2, 2, 4, 4, 5, 7, 7, 8, 9, 10, 11, 11, 12, 13, 13, 14, 15, 14, 15, 16, 16, 15, 16, 16],
         (1024, 20): [4, 9, 16, 22, 27, 34, 39, 45, 50, 54, 59, 64, 66, 71, 73, 75, 77, 79, 80, 80],

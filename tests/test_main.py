@@ -77,7 +77,7 @@ def test_released_configs_are_valid_and_match_the_spec():
         fid = config_lib.validate(module.get_config("fid"))
         assert fid.sample.images_per_class == 50 and tuple(fid.sample.classes) == ()
         sizes[depth] = v
-    # Parameter counts of the official models (VAR_SPEC §2.1), from the model's own shapes.
+    # Parameter counts of the official models (docs/official_behaviour.md), from our shapes.
     import jax
     from bigvar.models import param_shapes
     for depth, want in ((16, 310_283_520), (36, 2_353_893_904)):

@@ -59,7 +59,7 @@ def assert_quantizer_matches(vae, vae_params, f, fx):
 
 
 def test_phi_table_is_the_float64_one():
-    # VAR_SPEC §1.6.3: float32 would give 2 at si=7.
+    # docs/official_behaviour.md: float32 would give 2 at si=7.
     assert phi_indices(10, 4) == (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)
     fx = np.load(os.path.join(VAR_FIXTURES, "vqvae_tiny_256.npz"))
     assert phi_indices(10, 4) == tuple(fx["phi_index"].tolist())

@@ -1,7 +1,7 @@
-"""Multi-scale VQ-VAE training forward (VAR_SPEC §1.6.8): the reconstruction, the multi-scale VQ
-loss, codebook hits and the gradients of one L2 + VQ step equal the official `VQVAE.forward` +
-backward (golden fixture from tests/fixtures/make_vqvae_train_fixture.py); the VQ loss and the
-straight-through estimator also match hand computations."""
+"""Multi-scale VQ-VAE training forward (official VAR `models/quant.py`): the reconstruction, the
+multi-scale VQ loss, codebook hits and the gradients of one L2 + VQ step equal the official
+`VQVAE.forward` + backward (golden fixture from tests/fixtures/make_vqvae_train_fixture.py); the
+VQ loss and the straight-through estimator also match hand computations."""
 import os
 
 import jax

@@ -1,4 +1,5 @@
-"""Official BiGR checkpoints (`binaryae_ema_*.th`, `bigr_*.pt`) → bigvar params (BIGR_SPEC §1.5, §7).
+"""Official BiGR checkpoints (`binaryae_ema_*.th`, `bigr_*.pt`) → bigvar params, as the official
+loaders read them (`bae/binaryae.py`, `load_pretrain`; `llama/load_bigr.py`).
 
 * B-AE: the EMA BinaryGAN state dict; only `ae.*` is the autoencoder (`disc.*` and `perceptual.*`
   are the GAN's discriminator and LPIPS, ignored). `generator.logsigma` is unused at inference and

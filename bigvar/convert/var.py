@@ -1,9 +1,10 @@
 """Official VAR checkpoints (`vae_ch160v4096z32.pth`, `var_d*.pth`) → bigvar params.
 
-The transformer follows a table of names (VAR_SPEC §5.3); block rows are stacked on a leading
-layer axis for `nn.scan`. The VQ-VAE follows regex rename rules (VAR_SPEC §5.4). Recomputable
-buffers are skipped. The architecture is detected from keys and shapes; the converted tree is
-then checked entry by entry against the model built from the detected config.
+The transformer follows a table of the official names (`models/var.py`, `models/basic_var.py`);
+block rows are stacked on a leading layer axis for `nn.scan`. The VQ-VAE follows regex rename
+rules (official `models/vqvae.py`, `models/basic_vae.py`). Recomputable buffers are skipped. The
+architecture is detected from keys and shapes; the converted tree is then checked entry by entry
+against the model built from the detected config.
 """
 from __future__ import annotations
 

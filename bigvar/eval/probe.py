@@ -1,4 +1,4 @@
-"""`mode=probe`: linear probing of BiGR's representation (BIGR_SPEC §4), top-1 on a held-out split.
+"""`mode=probe`: BiGR's linear probe (docs/official_behaviour.md), top-1 on a held-out split.
 
   python -m bigvar.main --config=configs/bigr_tiny.py --workdir=W --config.mode=probe
   python -m bigvar.main --config=configs/bigr.py:l_d24 --workdir=W --config.mode=probe \\
@@ -13,7 +13,7 @@
 2. The classifier: the features standardised with the training split's mean and variance (the
    BN(affine=False) of the MAE-style probe BiGR compares with, without a running estimate), then
    one linear layer, trained with LARS (MAE's probe: base lr 0.1 · batch / 256, no weight decay,
-   cosine with warm-up; the spec marks the recipe unverified for BiGR), full-batch statistics,
+   cosine with warm-up; BiGR released no probe recipe, so unverified), full-batch statistics,
    seeded shuffling.
 3. `W/probe/result.json`: top-1 on the validation split (and on the training split), the layer,
    the counts, the settings; printed as a line.

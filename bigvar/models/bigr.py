@@ -1,6 +1,7 @@
-"""BiGR generator (BIGR_SPEC §2): a LLaMA-style bidirectional transformer over binary tokens with
-a shared AdaLN, plus the "binary transcoder", a per-token MLP that predicts bit-flip logits for
-Bernoulli diffusion. Layers under `nn.scan`; parameter names mirror the official state dict
+"""BiGR generator (official `llama/gpt.py`, `Transformer`): a LLaMA-style bidirectional
+transformer over binary tokens with a shared AdaLN, plus the "binary transcoder", a per-token MLP
+that predicts bit-flip logits for Bernoulli diffusion. Layers under `nn.scan`; parameter names
+mirror the official state dict
 (`tok_embeddings`, `mask_tok`, `cls_embedding/embedding_table`, `adaLN`,
 `layers/{ada_gss, attention/{wqkv,wo}, feed_forward/{w1,w2,w3}, attention_norm, ffn_norm}`,
 `norm`, `diffusion_pos_embed_learned`, `denoise_mlp/...`).
@@ -62,7 +63,7 @@ def ffn_hidden_dim(dim: int, multiple_of: int = 256) -> int:
 def rope_2d_table(grid: int, head_dim: int, base: float = 10000.0, prefix: int = 1) -> np.ndarray:
     """LlamaGen's 2-D RoPE: (prefix + grid², head_dim/2, 2) [cos, sin]. The first half of the
     rotation pairs uses the row, the second the column; `prefix` class-token rows are zeros, so the
-    class token's q and k become exactly 0 (BIGR_SPEC §2.3)."""
+    class token's q and k become exactly 0 (BiGR `llama/gpt.py`, `precompute_freqs_cis_2d`)."""
     half = head_dim // 2
     freqs = 1.0 / (base ** (np.arange(0, half, 2)[: half // 2] / half))
     pos = np.arange(grid)
@@ -311,7 +312,7 @@ class BiGR(nn.Module):
 
     def condition(self, tokens, mask, labels, *, train: bool = False):
         """Per-token transcoder condition z (B, N, D): final RMSNorm, class token dropped, plus
-        the learned position embedding (BIGR_SPEC §2.2)."""
+        the learned position embedding (official BiGR `llama/gpt.py`, `Transformer.forward`)."""
         if train and self.class_dropout > 0:
             drop = jax.random.uniform(self.make_rng("dropout"), labels.shape) < self.class_dropout
             labels = jnp.where(drop, self.num_classes, labels)
@@ -345,7 +346,7 @@ def blocks(model: BiGR, length: int) -> nn.Module:
 def features(model: BiGR, params, tokens, labels, layer_index: int) -> jax.Array:
     """`forward_full_image`: the raw residual stream after block `layer_index` (inclusive) — no
     mask token, no final norm, class token dropped — (B, N, D). Only the first layer_index + 1
-    blocks are run. Mean-pool over N for linear probing (BIGR_SPEC §4)."""
+    blocks are run. Mean-pool over N for linear probing (docs/official_behaviour.md)."""
     if not 0 <= layer_index < model.n_layer:
         raise ValueError(f"layer_index must be in [0, {model.n_layer}); got {layer_index}")
     cond = model.apply(params, labels, method=BiGR.class_embedding)

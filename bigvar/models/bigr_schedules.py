@@ -1,11 +1,12 @@
 """BiGR's schedules, shared by training (`train/losses.py`) and sampling (`sampling/bigr.py`).
 
-* Masking (BIGR_SPEC §2.6, §3): the masked fraction of the N tokens follows cos(π/2·r) over the
-  progress r ∈ [0, 1]. Training draws one step s ~ U{0..N−1} per batch and masks
-  m = max(1, ⌊N·cos(π/2·s/N)⌋) tokens; sampling reveals n_i = M_{i−1} − M_i tokens at step i,
-  M_i = ⌊rate((i+1)/I)·N⌋.
-* Bernoulli diffusion (§2.5, §3.1) over T = DIFFUSION_STEPS steps: q(x_t = 1 | x0) = k_t·x0 + b_t
-  with k_t = 1 − t/T, b_t = t/(2T); the sampler's transcoder walks S strided steps from T to 1.
+* Masking (official BiGR `llama/gpt.py`: `Transformer.forward`, `generate_with_cfg`): the masked
+  fraction of the N tokens follows cos(π/2·r) over the progress r ∈ [0, 1]. Training draws one
+  step s ~ U{0..N−1} per batch and masks m = max(1, ⌊N·cos(π/2·s/N)⌋) tokens; sampling reveals
+  n_i = M_{i−1} − M_i tokens at step i, M_i = ⌊rate((i+1)/I)·N⌋.
+* Bernoulli diffusion (`llama/bindiff/binarylatent.py`: `noise_scheduler`, `BinaryDiffusion`)
+  over T = DIFFUSION_STEPS steps: q(x_t = 1 | x0) = k_t·x0 + b_t with k_t = 1 − t/T,
+  b_t = t/(2T); the sampler's transcoder walks S strided steps from T to 1.
 
 Host-side tables are NumPy float64, like the official Python floats, and the training draws are
 traced float32; each keeps its order of operations, since one rounding more or less moves some

@@ -1,5 +1,5 @@
-"""VAR transformer (VAR_SPEC §2): GPT-style blocks with AdaLN, cosine attention and a
-block-causal (scale-wise) mask, layers under `nn.scan`.
+"""VAR transformer (official `models/var.py`, `models/basic_var.py`): GPT-style blocks with
+AdaLN, cosine attention and a block-causal (scale-wise) mask, layers under `nn.scan`.
 
 Parameter names mirror the official state dict: `word_embed`, `class_emb`, `pos_start`,
 `pos_1LC`, `lvl_embed`, `blocks/{attn/{mat_qkv,q_bias,v_bias,scale_mul_1H11,proj},

@@ -3,7 +3,8 @@
 `jax.image.resize` uses a different cubic kernel (A = -0.5) and antialiases when shrinking, so it
 does not reproduce `torch.nn.functional.interpolate`. Every resize VAR needs is separable and has a
 fixed size, so we precompute the 1-D interpolation matrix in float64 NumPy (cached) and apply it to
-rows and columns: y = M_h · x · M_wᵀ. The formulas follow PyTorch's kernels (see VAR_SPEC §1.7).
+rows and columns: y = M_h · x · M_wᵀ. The formulas follow PyTorch's kernels (see
+docs/official_behaviour.md).
 """
 from __future__ import annotations
 

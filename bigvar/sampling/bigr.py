@@ -1,5 +1,5 @@
-"""BiGR sampling (BIGR_SPEC §3): entropy-ordered iterative unmasking with a Bernoulli-diffusion
-transcoder, as one jittable function.
+"""BiGR sampling (official `llama/gpt.py`, `generate_with_cfg`): entropy-ordered iterative
+unmasking with a Bernoulli-diffusion transcoder, as one jittable function.
 
 * Outer loop: `lax.scan` over a precomputed schedule (tokens to reveal, CFG weight and Gumbel
   scale per step). Each step runs the transformer on the conditional and null-class inputs
@@ -7,7 +7,8 @@ transcoder, as one jittable function.
   bit probabilities P of every token, ranks the hidden tokens by confidence mean|P − ½|·2 (+
   Gumbel noise) and reveals the top n_i with bits ~ Bernoulli(P).
 * Inner loop: `lax.scan` over the strided diffusion steps s = 256, 253, …, 1 (S = 100), CFG and
-  temperature in logit space, posterior to the next step exactly as §3.1; returns p0 at s = 1.
+  temperature in logit space, posterior to the next step exactly as the official
+  `BinaryDiffusion.sample` (`llama/bindiff/binarylatent.py`); returns p0 at s = 1.
 * Randomness is per sample: sample i uses fold_in(PRNGKey(seed), global index i) only, so the
   tokens of sample i are the same whatever the batch size or device count; its pixels agree
   within 1/255 (the decoder's float rounding follows the per-device batch on XLA:CPU).
@@ -371,9 +372,10 @@ class BiGRSampler(Sampler):
         linear schedule, conditioned on `labels` (default: the null class).
 
         official_budget: the official apps size the per-step budget by the number of KNOWN
-        tokens (BIGR_SPEC §5), which re-samples some known tokens when they outnumber the
-        unknown ones and leaves a final fill pass otherwise; the default budgets the UNKNOWN
-        tokens, so every unknown token is generated once and known ones are kept."""
+        tokens (`inpaint_with_cfg` in `llama/gpt.py`), which re-samples some known tokens when
+        they outnumber the unknown ones and leaves a final fill pass otherwise; the default
+        budgets the UNKNOWN tokens, so every unknown token is generated once and known ones are
+        kept."""
         images = self._images(images)
         bae = self.tokenizer
         known = keep_mask_tokens(keep_mask, bae.grid_size, len(images), bae.img_size)
@@ -428,8 +430,8 @@ class BiGRSampler(Sampler):
 
     def features(self, images, layer_index: int, seed: int = 0, deterministic: bool = True,
                  pooled: bool = True) -> np.ndarray:
-        """Representation for linear probing (BIGR_SPEC §4): the residual stream after block
-        `layer_index` for the image's tokens under the null class, mean-pooled (B, D)."""
+        """Representation for linear probing (docs/official_behaviour.md): the residual stream
+        after block `layer_index` for the image's tokens (null class), mean-pooled (B, D)."""
         from bigvar.models.bigr import features
         tokens = self.encode(images, seed, deterministic=deterministic)
         model = self.generator

@@ -1,4 +1,4 @@
-"""Masks for zero-shot editing (VAR_SPEC §3.6, the official demo notebook's rule).
+"""Masks for zero-shot editing (the rule of the official VAR `demo_zero_shot_edit.ipynb`).
 
 A keep-mask is 1 where the input image's token is kept and 0 where VAR generates. It is given at
 the last scale's token grid; each scale receives it bilinearly resized (align_corners=False) and

@@ -1,4 +1,4 @@
-"""VAR coarse-to-fine sampling (VAR_SPEC §3) as one jittable function.
+"""VAR coarse-to-fine sampling (official `VAR.autoregressive_infer_cfg`) as one jittable function.
 
 * The 10 scales are unrolled (each has its own static token count); the layers are scanned.
 * KV cache: preallocated (depth, 2B, L, H, hd) arrays; scale k writes its slice [start, end) and
@@ -8,8 +8,8 @@
 * Randomness is per sample: sample i draws from fold_in(PRNGKey(seed), global index i), then
   fold_in(·, scale). The tokens of sample i for seed s are the same whatever the batch size or
   device count; its pixels agree within 1/255 (decoder rounding follows the per-device batch).
-* Editing (VAR_SPEC §3.6): optional ground-truth tokens and per-scale keep-masks replace the
-  sampled tokens where the mask is set, before f̂ is updated.
+* Editing (official `demo_zero_shot_edit.ipynb`): optional ground-truth tokens and per-scale
+  keep-masks replace the sampled tokens where the mask is set, before f̂ is updated.
 """
 from __future__ import annotations
 
@@ -260,9 +260,9 @@ class VARSampler(Sampler):
 
     def edit(self, images, keep_mask, labels=None, seed: int = 0, first_index: int = 0,
              return_logits: bool = False) -> SampleOutput:
-        """Zero-shot editing (VAR_SPEC §3.6): tokens of `images` are kept where `keep_mask` is 1
-        and generated elsewhere, conditioned on `labels` (default: the null class, i.e. plain
-        in/out-painting; a class id gives class-conditional editing).
+        """Zero-shot editing (official `demo_zero_shot_edit.ipynb`): tokens of `images` are kept
+        where `keep_mask` is 1 and generated elsewhere, conditioned on `labels` (default: the null
+        class, i.e. plain in/out-painting; a class id gives class-conditional editing).
 
         images: (B, H, W, 3) uint8, or float in [−1, 1]. keep_mask: the last scale's token grid
         (h, h) or (B, h, h), or a pixel mask (H, W) / (B, H, W) (area-averaged to the grid).

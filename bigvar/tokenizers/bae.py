@@ -1,4 +1,4 @@
-"""BiGR's binary autoencoder (B-AE, from BinaryLatentDiffusion; BIGR_SPEC §1), NHWC.
+"""BiGR's binary autoencoder (B-AE: BiGR's `bae/binaryae.py`, from BinaryLatentDiffusion), NHWC.
 
 Images are in [0, 1]. The encoder gives K sigmoid bit probabilities per latent position; bits are
 drawn Bernoulli(p) (what BiGR trains and edits with) or thresholded at 0.5; the decoder sees the

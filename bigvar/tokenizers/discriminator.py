@@ -1,7 +1,7 @@
 """PatchGAN discriminator and adversarial-loss pieces for VQGAN-style tokenizer training, NHWC.
 
 The network is taming-transformers' `NLayerDiscriminator` (pix2pix PatchGAN) with BatchNorm, which
-BinaryLatentDiffusion's `BinaryGAN` (the B-AE recipe, BIGR_SPEC §1.4) and LlamaGen's tokenizer
+BinaryLatentDiffusion's `BinaryGAN` (`models/binaryae.py`, B-AE recipe) and LlamaGen's tokenizer
 training use unchanged. Layer names mirror the official `main.<i>` Sequential indices (`main_0`,
 `main_2`, `main_3`, …; the LeakyReLUs hold the odd/skipped indices), so a converter is a table.
 

@@ -1,5 +1,6 @@
 """Tokenizer training metrics: reconstruction PSNR, the official codebook-usage tracking of the
-multi-scale VQ-VAE (VAR_SPEC §1.6.8) and the bit balance of the binary autoencoder."""
+multi-scale VQ-VAE (VAR's `models/quant.py`, `VectorQuantizer2.forward`) and the bit balance of
+the binary autoencoder."""
 from __future__ import annotations
 
 import jax

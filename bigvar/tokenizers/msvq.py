@@ -1,5 +1,6 @@
-"""VAR's multi-scale residual VQ-VAE (VAR_SPEC §1), NHWC, parameter names mirroring the official
-state dict (`encoder/down_2/block_0/nin_shortcut`, `quantize/quant_resi/qresi_ls_3`, ...).
+"""VAR's multi-scale residual VQ-VAE (official `models/vqvae.py`, `models/quant.py`), NHWC,
+parameter names mirroring the official state dict (`encoder/down_2/block_0/nin_shortcut`,
+`quantize/quant_resi/qresi_ls_3`, ...).
 
 Images are NHWC float32 in [-1, 1]. A "token map list" is a list of K int32 arrays of shape
 (B, pn_k²), row-major over (h, w), exactly like the official `img_to_idxBl`.
@@ -114,7 +115,8 @@ class Decoder(nn.Module):
 
 def phi_indices(num_scales: int, num_phi: int) -> tuple[int, ...]:
     """Which φ conv each scale uses: argmin_j |tick_j − si/(K−1)|, in float64 like the official
-    NumPy code (float32 resolves the tie at si=7 of K=10 the other way; VAR_SPEC §1.6.3)."""
+    NumPy code (`PhiPartiallyShared`); float32 resolves the tie at si=7 of K=10 the other way
+    (docs/official_behaviour.md)."""
     if num_phi == 4:
         ticks = np.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
     else:
@@ -315,8 +317,8 @@ class Quantizer(nn.Module):
         return idx_list, f_hats
 
     def training_forward(self, f, spec: QuantizerSpec, beta: float):
-        """The official training `forward` (VAR_SPEC §1.6.8): the Algorithm-1 loop with
-        gradients through the codes and φ, the multi-scale VQ loss
+        """The official training `forward` (`VectorQuantizer2.forward` in `models/quant.py`): the
+        Algorithm-1 loop with gradients through the codes and φ, the multi-scale VQ loss
         (1/K)·Σ_k [β·‖sg(f̂_k) − f‖² + ‖f̂_k − sg(f)‖²] (means over elements) and the
         straight-through output sg(f̂) − sg(f) + f. Returns (f̂_st, vq_loss, hits (K, V) counts)."""
         b, _, _, c = f.shape

@@ -1,4 +1,5 @@
-"""The official initialisations for training from scratch (VAR_SPEC §2.9, BIGR_SPEC §2.4).
+"""The official initialisations for training from scratch (VAR's `VAR.init_weights` and
+`build_vae_var`; BiGR's `Transformer` constructor and `_init_weights` in `llama/gpt.py`).
 
 Both are pure functions of freshly initialised params (for shapes) and a key: the flax module
 initialisers give the right shapes and reasonable values for inference tests; these rewrite

@@ -1,10 +1,11 @@
 """Training objectives of the generators, as pure functions of (params, batch, rng).
 
-VAR (VAR_SPEC §4.2–4.3): the frozen VQ-VAE turns images into 10 index maps, the transformer
-predicts every map from the coarser ones (teacher forcing), cross-entropy over all tokens.
-BiGR (BIGR_SPEC §2.5–2.6): the frozen B-AE gives Bernoulli bits, a cosine number of tokens is
-masked, the transcoder predicts which bits of a noised token flipped; the weighted BCE is
-averaged over the masked tokens.
+VAR (official `trainer.py`, `VARTrainer.train_step`): the frozen VQ-VAE turns images into 10
+index maps, the transformer predicts every map from the coarser ones (teacher forcing),
+cross-entropy over all tokens.
+BiGR (official `llama/gpt.py`, `Transformer.forward`, and `llama/bindiff/binarylatent.py`): the
+frozen B-AE gives Bernoulli bits, a cosine number of tokens is masked, the transcoder predicts
+which bits of a noised token flipped; the weighted BCE is averaged over the masked tokens.
 """
 from __future__ import annotations
 

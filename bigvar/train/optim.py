@@ -1,6 +1,6 @@
 """Optimisers of the official recipes: AdamW with no-decay groups, the VAR learning-rate and
-weight-decay schedules (VAR_SPEC §4.4–4.5), progressive training, gradient clipping, the BiGR
-EMA, and `Schedules`, which binds them to a config (both trainers use it).
+weight-decay schedules (official VAR `utils/lr_control.py`), progressive training, gradient
+clipping, the BiGR EMA, and `Schedules`, which binds them to a config (both trainers use it).
 
 Schedules are functions of the optimizer step; they run both on Python floats (host-side
 logging, tests against the official formulas) and on traced ints inside the train step.
@@ -102,7 +102,7 @@ class _PyMath:
         return a if cond else b
 
 
-# ---- progressive training (VAR_SPEC §4.8) -------------------------------------------------
+# ---- progressive training (official VAR `train.py`, `trainer.py`) -------------------------
 def progressive_stage(it: int, *, pg: float, pg0: int, num_scales: int, max_it: int,
                       wp_it: float) -> int:
     """Stage index: the last scale trained at iteration `it` (num_scales − 1 = the full model)."""
