@@ -189,6 +189,9 @@ def train_live(train: Callable[[], Any], workdir: str, metrics: Sequence[str] = 
     import threading
 
     result: dict = {}
+    # Display handles, updated in place: clearing the output would also clear the training's
+    # progress bar (a notebook widget, drawn once).
+    shown: dict = {}
 
     def target():
         try:
@@ -199,7 +202,7 @@ def train_live(train: Callable[[], Any], workdir: str, metrics: Sequence[str] = 
     thread.start()
     while True:
         thread.join(every_s)
-        _show_progress(workdir, metrics, title)  # (once more at the end: the final curves)
+        _show_progress(workdir, metrics, title, shown)  # (once more at the end: the final curves)
         if not thread.is_alive():
             break
     if "error" in result:
@@ -207,7 +210,7 @@ def train_live(train: Callable[[], Any], workdir: str, metrics: Sequence[str] = 
     return result["value"]
 
 
-def _show_progress(workdir: str, metrics: Sequence[str], title: str) -> None:
+def _show_progress(workdir: str, metrics: Sequence[str], title: str, shown: dict) -> None:
     from bigvar.train.metric_writer import read_jsonl
     path = os.path.join(workdir, "logs", "metrics.jsonl")
     if not os.path.exists(path):
@@ -218,7 +221,7 @@ def _show_progress(workdir: str, metrics: Sequence[str], title: str) -> None:
                    if f.endswith(".png")) if os.path.isdir(os.path.join(workdir, "samples")) else []
     try:
         from IPython import get_ipython
-        from IPython.display import clear_output, display
+        from IPython.display import Pretty, display
         in_notebook = get_ipython() is not None
     except ImportError:
         in_notebook = False
@@ -229,13 +232,18 @@ def _show_progress(workdir: str, metrics: Sequence[str], title: str) -> None:
         return
     import matplotlib.pyplot as plt
     from PIL import Image
-    clear_output(wait=True)
+
+    def show(name, content):
+        if name in shown:
+            shown[name].update(content)
+        else:
+            shown[name] = display(content, display_id=True)
     figure = curves_figure(series, title=title)
-    display(figure)
+    show("curves", figure)
     plt.close(figure)
     if grids:
-        print(f"newest grid: {grids[-1]}")
-        display(Image.open(os.path.join(workdir, "samples", grids[-1])))
+        show("grid name", Pretty(f"newest grid: {grids[-1]}"))
+        show("grid", Image.open(os.path.join(workdir, "samples", grids[-1])))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
 # ---
 # jupyter:
+#   accelerator: TPU
+#   colab:
+#     gpuType: V5E1
+#     provenance: []
+#     toc_visible: true
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: accelerator,colab
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -22,21 +28,84 @@
 # ImageNet-style folder of your own (`root/<class>/<images>`, e.g. on a mounted Drive). The loss
 # curves and grids update while training runs; rerunning a cell resumes where it stopped.
 
-# %% Install bigvar (and the JAX build for this runtime)
+# %%
+# @title Install bigvar { display-mode: "form" }
+# @markdown Installs bigvar from `BIGVAR_SOURCE` (any pip URL) unless it is installed already.
+# @markdown Colab's TPU and GPU runtimes come with a JAX built for their chip: it is kept when it
+# @markdown is new enough, otherwise JAX for the chip found here is installed with bigvar.
+import glob
+import importlib.metadata
 import importlib.util
 import os
+import re
+import shutil
 import subprocess
 import sys
 
 BIGVAR_SOURCE = "git+https://github.com/bigvar/bigvar"  # @param {type:"string"}
-if importlib.util.find_spec("bigvar") is None:
-    runtime = ("tpu" if os.path.exists("/dev/accel0") or "COLAB_TPU_ADDR" in os.environ
-               else "cuda12" if os.path.exists("/dev/nvidia0") else None)
-    extras = ",".join(filter(None, ["colab", runtime]))
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"bigvar[{extras}] @ {BIGVAR_SOURCE}"],
-                   check=True)
+JAX_MIN = "0.10.2"  # the oldest JAX bigvar runs on (its jax>= requirement)
+# Set on TPU VMs (Colab's v5e-1/v6e-1 included). Colab sets COLAB_TPU_1VM="" on other runtimes.
+TPU_VARIABLES = ("TPU_ACCELERATOR_TYPE", "TPU_NAME", "COLAB_TPU_1VM", "COLAB_TPU_ADDR")
+# What a JAX needs to run on the chip (bigvar's extra -> the packages that provide it).
+JAX_BACKENDS = {"tpu": ("libtpu", "libtpu-nightly"), "cuda12": ("jax-cuda12-plugin",)}
 
-# %% Settings
+
+def detect_runtime(environ, devices, nvidia_smi):
+    """The runtime, "tpu", "cuda12" or None (CPU), from the environment variables, the device
+    files and whether nvidia-smi is on the PATH."""
+    def any_device(pattern):
+        return any(re.fullmatch(pattern, path) for path in devices)
+    if any(environ.get(name) for name in TPU_VARIABLES) or any_device(r"/dev/vfio/\d+"):
+        return "tpu"  # v5e and newer chips are /dev/vfio/N (/dev/vfio/vfio is the control node)
+    if nvidia_smi or any_device(r"/dev/nvidia\d+"):
+        return "cuda12"
+    if any_device(r"/dev/accel\d+"):
+        return "tpu"  # v2-v4; checked after GPUs, whose recent drivers make /dev/accel* too
+    return None
+
+
+def release(version):
+    """(0, 12, 1) for "0.12.1rc1": the numbers of a version, comparable."""
+    return tuple(int(n) for n in re.match(r"\d+(\.\d+)*", version).group().split("."))
+
+
+def pip_requirements(runtime, versions, source=BIGVAR_SOURCE, jax_min=JAX_MIN):
+    """What to pip install for `runtime` given the installed `versions` (package -> version or
+    None): bigvar, with JAX for the chip only if the installed JAX is missing, older than
+    `jax_min` or lacks the chip's backend."""
+    jax = versions.get("jax")
+    jax_ok = jax is not None and release(jax) >= release(jax_min)
+    backend_ok = runtime is None or any(versions.get(name) for name in JAX_BACKENDS[runtime])
+    extras = ["colab"] + ([runtime] if runtime and not (jax_ok and backend_ok) else [])
+    # A good JAX is pinned, so pip picks flax & co. to match it rather than replacing it.
+    jax_requirement = f"jax=={jax}" if jax_ok else f"jax>={jax_min}"
+    return [f"bigvar[{','.join(extras)}] @ {source}", jax_requirement]
+
+
+def installed(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+if importlib.util.find_spec("bigvar") is None:
+    runtime = detect_runtime(os.environ, glob.glob("/dev/*") + glob.glob("/dev/vfio/*"),
+                             shutil.which("nvidia-smi") is not None)
+    packages = ["jax"] + [name for names in JAX_BACKENDS.values() for name in names]
+    requirements = pip_requirements(runtime, {name: installed(name) for name in packages})
+    print(f"{runtime or 'cpu'} runtime, JAX {installed('jax') or 'missing'}: pip install",
+          *requirements)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *requirements], check=True)
+else:
+    print("bigvar is installed already")
+
+# %%
+# @title Settings
+# @markdown `DATA_FOLDER`: empty for the procedural shapes, or a folder of `<class>/<images>`
+# @markdown with `NUM_CLASSES` classes. Training resumes from `WORKDIR` when rerun.
+import os
+
 from bigvar import config_lib, notebook
 
 WORKDIR = "runs/train_your_own"  # @param {type:"string"}
@@ -55,7 +124,8 @@ if DATA_FOLDER:  # your images: root/<class name>/<image files>
     gen_cfg.var.num_classes = NUM_CLASSES
 print("running on", notebook.accelerator(), "- data:", DATA_FOLDER or "procedural shapes")
 
-# %% 1. The tokenizer: a multi-scale VQ-VAE (reconstruction grids in WORKDIR/tokenizer/samples)
+# %%
+# @title 1. The tokenizer: a multi-scale VQ-VAE (reconstruction grids in WORKDIR/tokenizer/samples)
 from bigvar.train import tokenizer as tokenizer_training
 
 tok_dir = os.path.join(WORKDIR, "tokenizer")
@@ -65,7 +135,8 @@ notebook.train_live(lambda: tokenizer_training.run(tok_cfg, tok_dir), tok_dir,
 tok_export = tokenizer_training.export_tokenizer(tok_cfg, tok_dir)
 print("tokenizer exported to", tok_export)
 
-# %% 2. The generator: VAR on the tokenizer's codes (sample grids in WORKDIR/generator/samples)
+# %%
+# @title 2. The generator: VAR on the tokenizer's codes (sample grids in WORKDIR/generator/samples)
 from bigvar.train import generator as generator_training
 
 gen_dir = os.path.join(WORKDIR, "generator")
@@ -75,7 +146,8 @@ notebook.train_live(lambda: generator_training.run(gen_cfg, gen_dir), gen_dir,
 gen_export = generator_training.export_weights(gen_cfg, gen_dir)
 print("generator exported to", gen_export)
 
-# %% 3. Sample every class
+# %%
+# @title 3. Sample every class
 import numpy as np
 
 from bigvar import models, weights
@@ -96,7 +168,8 @@ notebook.grid_figure(samples, cols=PER_CLASS, size=1.0,
                      titles=[names[c] if i % PER_CLASS == 0 else "" for i, c in enumerate(labels)]
                      ).savefig("train_your_own_samples.png")
 
-# %% 4. The judge (procedural data): does a classifier of real images see the intended class?
+# %%
+# @title 4. The judge (procedural data): does a classifier of real images see the intended class?
 if not DATA_FOLDER:
     from bigvar.eval import shape_classifier
 

@@ -1,8 +1,11 @@
 """bigvar.notebook: the helpers the Colab notebooks share."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import time
+import types
 
 import numpy as np
 import pytest
@@ -85,3 +88,77 @@ def test_time_calls_and_the_bundled_image():
     image = notebook.sample_image(16)
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
     assert notebook.uploaded_image(16) is None  # (not in Colab)
+
+
+def test_train_live_in_a_notebook_updates_its_figures_in_place(tmp_path, monkeypatch):
+    """In a notebook the curves and the newest grid are displayed once and then updated: clearing
+    the cell's output instead would also erase the training's progress bar (a widget)."""
+    pytest.importorskip("matplotlib")
+    IPython = pytest.importorskip("IPython")
+    import IPython.display
+    from PIL import Image
+    shown = []
+
+    class Handle:
+        def __init__(self, content):
+            self.contents = [content]
+
+        def update(self, content):
+            self.contents.append(content)
+
+    def display(content, display_id=False):
+        assert display_id, "displayed without a handle: it could not be updated in place"
+        shown.append(Handle(content))
+        return shown[-1]
+
+    def clear_output(wait=False):
+        raise AssertionError("cleared the output (and the progress bar with it)")
+    shell = types.SimpleNamespace(events=types.SimpleNamespace(register=lambda *args: None))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)  # (events: for matplotlib)
+    monkeypatch.setattr(IPython.display, "display", display)
+    monkeypatch.setattr(IPython.display, "clear_output", clear_output)
+    logs, samples = tmp_path / "logs", tmp_path / "samples"
+
+    def train():
+        os.makedirs(logs), os.makedirs(samples)
+        for step in range(1, 4):
+            with open(logs / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "time": 0.0, "loss": 1.0 / step}) + "\n")
+            Image.new("RGB", (4, 4)).save(samples / f"step_{step:03d}.png")
+            deadline = time.time() + 60  # the next steps wait for the first figures: updates
+            while len(shown) < 3 and time.time() < deadline:
+                time.sleep(0.01)
+        return "done"
+    assert notebook.train_live(train, str(tmp_path), every_s=0.01, title="t") == "done"
+    curves, grid_name, grid = shown  # one display each, then updates
+    assert len(curves.contents) >= 2
+    last = curves.contents[-1]
+    assert [a.get_title() for a in last.axes] == ["loss"]
+    assert list(last.axes[0].lines[0].get_xdata()) == [1, 2, 3]
+    assert "step_003.png" in grid_name.contents[-1].data
+    assert grid.contents[-1].size == (4, 4)
+
+
+def test_progress_bars_are_tqdm_auto_which_stays_text_in_a_terminal():
+    """Widgets in a notebook, and outside one exactly the text bars of plain tqdm."""
+    import io
+
+    import tqdm.auto
+    import tqdm.std
+    from bigvar.data import write_array_record
+    from bigvar.eval import job as eval_job, reference, shape_classifier
+    from bigvar.sampling import job as sampling_job
+    from bigvar.train import loop
+    for bar in (loop.tqdm, reference.tqdm, eval_job.tqdm, sampling_job.tqdm):
+        assert bar is tqdm.auto.tqdm
+    assert shape_classifier.trange is tqdm.auto.trange
+    assert "from tqdm.auto import tqdm" in inspect.getsource(write_array_record)
+    outputs = []
+    for bar in (tqdm.auto.tqdm, tqdm.std.tqdm):
+        out = io.StringIO()
+        for _ in bar(range(3), file=out, desc="sampling", unit="batch", mininterval=0,
+                     bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}"):
+            pass
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1]
+    assert "\rsampling: 100%|" in outputs[0] and "| 3/3 batch" in outputs[0]

@@ -26,7 +26,7 @@ WRITER_OPTIONS = "group_size:1,uncompressed"
 def write_array_record(src: str, out: str, shards: int, *, progress: bool = True) -> list[str]:
     """Writes the shards and PREFIX.classes.json; returns the shard paths."""
     from array_record.python import array_record_module
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     if shards < 1:
         raise ValueError(f"--shards={shards} must be ≥ 1")

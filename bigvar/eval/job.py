@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 
 import ml_collections
 import numpy as np
-import tqdm
+from tqdm.auto import tqdm
 
 from bigvar import multihost, npz, parallel, storage
 from bigvar.errors import UserError, invalid
@@ -80,8 +80,8 @@ def cached_batches(batches: Iterable[np.ndarray], compute, out_dir: str, digest:
     processes, `compute` is collective: a batch is read from its part only when every process
     could, and the chief writes the parts."""
     storage.makedirs(out_dir)
-    for k, images in enumerate(tqdm.tqdm(batches, total=total, desc=desc, unit="batch",
-                                         disable=not multihost.is_chief())):
+    for k, images in enumerate(tqdm(batches, total=total, desc=desc, unit="batch",
+                                    disable=not multihost.is_chief())):
         part = os.path.join(out_dir, f"part_{k:05d}.npz")
         key = f"{digest}:{_sha(np.ascontiguousarray(images).tobytes())}"
         features = _load_part(part, key)

@@ -20,9 +20,9 @@ import json
 import sys
 
 import numpy as np
-import tqdm
 from absl import app, flags
 from ml_collections import config_flags
+from tqdm.auto import tqdm
 
 from bigvar import npz, storage
 from bigvar.data import pipeline, transforms
@@ -59,7 +59,7 @@ def reference_chunks(data, image_size: int, num_images: int, seed: int, chunk: i
 
     def chunks():
         images, labels, done = [], [], 0
-        progress = tqdm.tqdm(total=wanted, desc="reference images", unit="img")
+        progress = tqdm(total=wanted, desc="reference images", unit="img")
         for index in order:
             if done == wanted:
                 break

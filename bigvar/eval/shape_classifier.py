@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
+from tqdm.auto import trange
 
 from bigvar import weights
 from bigvar.data.procedural import ProceduralSource
@@ -131,7 +131,7 @@ def train_or_load(config: ml_collections.ConfigDict, *, num_classes: int, image_
     source = ProceduralSource(num_classes, image_size, config.steps * config.batch_size,
                               seed=procedural_seed)
     order = np.random.default_rng(config.seed).permutation(len(source))
-    bar = tqdm.trange(config.steps, desc="train judge", unit="step", dynamic_ncols=True)
+    bar = trange(config.steps, desc="train judge", unit="step", dynamic_ncols=True)
     for i in bar:
         x, y = _procedural_batch(source, order[i * config.batch_size:(i + 1) * config.batch_size])
         params, opt_state, loss = step(params, opt_state, jnp.asarray(x), jnp.asarray(y))
