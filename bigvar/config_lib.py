@@ -9,25 +9,82 @@ see `bigvar.models.build`), and `sample`, `train`, `data` (`bigvar.data.data_sec
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import runpy
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from bigvar import parallel
-from bigvar.errors import invalid
+from bigvar.errors import UserError, invalid
 
 MODES = ("sample", "train", "export", "eval", "probe")
 TOKENIZERS = ("vqvae", "bae")
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def config_dir() -> str:
+    """The folder of the configs that ship with bigvar: the package `bigvar.configs` (in a
+    checkout, its top-level `configs/`, which `pyproject.toml` maps to that package)."""
+    spec = importlib.util.find_spec("bigvar.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    # A checkout on sys.path without an install: the folder beside the package.
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped config files (`var_d30.py`, …)."""
+    return sorted(name for name in os.listdir(config_dir())
+                  if name.endswith(".py") and not name.startswith("_"))
+
+
+def resolve_config_path(path: str) -> str:
+    """The file a `--config=path` names. A file that exists there is used as it is (your own
+    config, or the checkout's); otherwise `configs/NAME.py`, `NAME.py` and `NAME` name the config
+    shipped with bigvar, so the same flag works from any directory after `pip install`."""
+    if os.path.isfile(path):
+        return path
+    name = os.path.basename(path)
+    name = name if name.endswith(".py") else f"{name}.py"
+    folder = os.path.dirname(os.path.normpath(path))
+    shipped = os.path.join(config_dir(), name)
+    if folder in ("", "configs") and os.path.isfile(shipped):
+        return shipped
+    raise UserError(f"{path!r} is neither a config file nor the name of one shipped with bigvar "
+                    f"({', '.join(n[:-3] for n in shipped_configs())}; e.g. configs/var_d16.py "
+                    "or var_d16)")
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of a config file, as `--config=path:arg` loads it. A bare file name is
-    looked up in the repository's `configs/`."""
-    if not os.path.exists(path) and os.path.dirname(path) == "":
-        path = os.path.join(CONFIG_DIR, path)
-    return runpy.run_path(path)["get_config"](arg)
+    """`get_config(arg)` of a config file, as `--config=path:arg` loads it: a path, or the name
+    of a shipped config (`"var.py"`, `"configs/var.py"`, `"var"`)."""
+    return runpy.run_path(resolve_config_path(path))["get_config"](arg)
+
+
+class _ShippedConfigParser(flags.ArgumentParser):
+    """ml_collections' `--config=path[:arg]` parser, with the path resolved by
+    `resolve_config_path` first."""
+
+    def __init__(self, parser: flags.ArgumentParser):
+        self._parser = parser
+
+    def parse(self, argument):
+        path, colon, arg = argument.partition(":")
+        return self._parser.parse(resolve_config_path(path) + colon + arg)
+
+    def flag_type(self):
+        return self._parser.flag_type()
+
+
+def define_config_flag(name: str = "config", flag_values=flags.FLAGS, **kwargs):
+    """`config_flags.DEFINE_config_file` whose file may also be a shipped config's name."""
+    holder = config_flags.DEFINE_config_file(name, None, "A config file, or the name of one that "
+                                             "ships with bigvar (configs/var_d16.py, var_d16).",
+                                             flag_values=flag_values, **kwargs)
+    flag_values[name].parser = _ShippedConfigParser(flag_values[name].parser)
+    return holder
 
 
 def sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -84,7 +141,7 @@ def probe_section(**overrides) -> ml_collections.ConfigDict:
         train_images=0, val_images=0,  # images of each split (0 = every record)
         val_path="",  # validation images (folder / ArrayRecord glob); procedural data: another seed
         batch_size=64,  # images per feature batch, over all devices
-        # The classifier: MAE's linear-probe recipe (BIGR_SPEC §4, unverified for BiGR)
+        # The classifier: MAE's linear probe (unverified for BiGR; docs/official_behaviour.md)
         probe_batch_size=16384, epochs=90, blr=0.1, warmup_epochs=10, weight_decay=0.0, seed=0,
     ))
     section.update(overrides)
@@ -117,7 +174,7 @@ def loss_section(**overrides) -> ml_collections.ConfigDict:
     """`config.loss` of a tokenizer-training config: the weight of each term."""
     loss = ml_collections.ConfigDict(dict(
         l1=0.0, l2=1.0,  # pixel reconstruction terms (images in the tokenizer's range)
-        beta=0.25,  # VQ-VAE: commitment weight inside the multi-scale VQ loss (VAR_SPEC §1.6.8)
+        beta=0.25,  # VQ-VAE: commitment weight of the multi-scale VQ loss (official VAR `quant.py`)
         lpips=0.0, lpips_from="",  # LPIPS-VGG weight; its weights dir (`python -m bigvar.convert lpips`)
         gan=0.0,  # PatchGAN hinge loss weight (0 = no discriminator), times the adaptive weight
         gan_start=0,  # step at which the discriminator and the adversarial term start

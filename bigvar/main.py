@@ -1,5 +1,6 @@
 """Entry point: `python -m bigvar.main --config=configs/<file>.py[:arg] [--workdir=DIR]`
-(the workdir defaults to runs/<file>[-<arg>]).
+(the workdir defaults to runs/<file>[-<arg>]). The configs ship with the package, so
+`configs/var_d30.py`, `var_d30.py` and `var_d30` name the same one from any directory.
 
 Dispatches on `config.mode`:
   sample   class-conditional sampling to PNGs, a grid and an .npz (`bigvar.sampling.job`);
@@ -16,9 +17,15 @@ On several hosts (TPU pod slice, GKE, SLURM), run the same command with `--multi
 host (`launch/` has the scripts); the workdir must be one every host sees.
 A user error (an unknown flag or `--config.*` field, a bad value, a missing config file or path, a
 run directory in use or made with another config) prints one line, `error: …`, and exits with
-status 2; anything else is a bug and keeps its traceback.
+status 2, leaving no new run directory behind; training stopped by SIGTERM/SIGINT after saving its
+checkpoint exits with status 75 (launchers restart it; the same command resumes); anything else
+is a bug and keeps its traceback.
 """
 from __future__ import annotations
+
+if __name__ == "__main__":  # before anything imports JAX: glibc reads the tunable at exec
+    from bigvar import cpu_tuning
+    cpu_tuning.reexec_with_huge_pages()
 
 import logging
 import os
@@ -26,12 +33,12 @@ import re
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
+from absl import logging as absl_logging
 
-from bigvar.errors import UserError, invalid
+from bigvar import config_lib
+from bigvar.errors import PREEMPTED_EXIT_STATUS, Preempted, UserError, invalid
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
-                                          lock_config=True)
+_CONFIG = config_lib.define_config_flag("config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs, logs and checkpoints go "
                                 "(default: runs/<config name>[-<config argument>]).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first "
@@ -50,9 +57,15 @@ flags.mark_flags_as_required(["config"])
 
 
 def run(config, workdir: str):
-    """Runs the job `config` names; each job validates its config first."""
-    from bigvar import config_lib, rundir, storage
-    workdir = rundir.prepare(workdir)
+    """Runs the job `config` names in `workdir`; a refused start leaves no new folder behind."""
+    from bigvar import rundir
+    with rundir.removed_if_refused(workdir):
+        return _run_job(config, rundir.prepare(workdir))
+
+
+def _run_job(config, workdir: str):
+    """Dispatches on the config's model and mode; each job validates its config first."""
+    from bigvar import config_lib, storage
     if config.get("model") == "demo":
         if storage.is_url(workdir):
             raise UserError(f"--workdir={workdir}: the demo runs in a local directory")
@@ -102,17 +115,21 @@ def default_workdir(config_argument: str) -> str:
 
 
 class _QuietLibraries(logging.Filter):
-    """orbax narrates every checkpoint step at INFO; keep its warnings, drop the chatter."""
+    """Keeps the libraries' warnings and drops their INFO chatter: orbax narrates every
+    checkpoint step, and JAX reports each backend it probed and did not find (libtpu, the IFRT
+    proxy) on every start on a CPU or GPU."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+        return record.levelno >= logging.WARNING or not (
+            "orbax" in record.pathname or record.pathname.endswith("xla_bridge.py"))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
-    logging.getLogger("absl").addFilter(_QuietLibraries())
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())  # what every logger prints through
+    preempted = None
     try:
         if _MULTIHOST.value:
             initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -129,6 +146,8 @@ def main(argv):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:  # the checkpoint landed: leave the job as usual, then exit 75
+        summary, preempted = e.summary, e
     if summary:
         for key, value in summary.items():
             print(f"{key}: {value}")
@@ -138,6 +157,10 @@ def main(argv):
         sys.stdout.flush()
         import jax
         jax.distributed.shutdown()
+    if preempted is not None:
+        # EX_TEMPFAIL, not 0: XPK/JobSet, SLURM and launch/tpu_vm.sh restart the job on it.
+        print(preempted, file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_STATUS)
 
 
 def unknown_field_message(error: BaseException, argv: list[str]) -> str | None:
@@ -181,14 +204,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         if message is None:
             raise
         fail(message)
-    path = flags.FLAGS["config"].config_filename.split(":", 1)[0]
-    if not os.path.isfile(path):
-        fail(f"--config={path}: no such file; the configs are in configs/ (e.g. "
-             "--config=configs/var_d16.py)")
     return remaining
 
 
 if __name__ == "__main__":
-    from bigvar import cpu_tuning
-    cpu_tuning.reexec_with_huge_pages()  # once, before JAX starts: glibc reads it at exec
     app.run(main, flags_parser=parse_flags)

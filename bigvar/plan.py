@@ -22,10 +22,10 @@ import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
-                                          lock_config=True)
+from bigvar import config_lib
+
+_CONFIG = config_lib.define_config_flag("config")
 _DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to plan for (faked on the CPU).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (0: config.train.batch_size).")
 _SAMPLE = flags.DEFINE_bool("sample", False, "Plan `mode=sample` (per device) instead of training.")

@@ -81,6 +81,26 @@ def prepare(workdir: str) -> str:
     return workdir
 
 
+@contextlib.contextmanager
+def removed_if_refused(workdir: str) -> Iterator[None]:
+    """Runs a job in `workdir`; if the job is refused (a `UserError`), the folders that its start
+    created and left empty are removed again, so a mistyped flag leaves no run directory behind.
+    Never removes a folder that existed before or holds anything."""
+    created = []
+    if not storage.is_url(workdir):  # an object store has no empty folders to leave behind
+        folder = os.path.abspath(workdir)
+        while not os.path.exists(folder):
+            created.append(folder)
+            folder = os.path.dirname(folder)
+    try:
+        yield
+    except UserError:
+        for folder in created:  # the deepest first
+            with contextlib.suppress(OSError):  # not empty, or already removed by another process
+                os.rmdir(folder)
+        raise
+
+
 def _unusable(workdir: str) -> str | None:
     """Why `workdir` cannot hold a run (None when it can): a file, or not writable."""
     if storage.isfile(workdir):

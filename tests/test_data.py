@@ -271,6 +271,14 @@ def test_array_record_round_trip(image_folder, tmp_path):
     _assert_batches_equal(from_folder, from_ar)
 
 
+def test_tfds_source_without_the_extra_is_one_line_naming_it(monkeypatch):
+    from bigvar.errors import UserError
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
+    with pytest.raises(UserError, match=r"needs tensorflow-datasets, an extra of bigvar: "
+                                        r"pip install 'bigvar\[tfds\]'"):
+        sources.TfdsSource("imagenet2012", "train")
+
+
 def test_tfds_source_reads_a_prepared_dataset_without_tensorflow(tmp_path):
     # A real (tiny) prepared TFDS dataset, built in array_record format with tfds itself: with
     # already-encoded image bytes, building needs no TensorFlow either. The builder class is not

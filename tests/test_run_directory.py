@@ -318,7 +318,16 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(tmp_path):
         (("--config=configs/var_tiny.py:huge",), str(tmp_path / "w"),
          "error: flag --config=configs/var_tiny.py:huge: ValueError: unknown argument 'huge'"),
         (("--config=configs/var_d17.py",), str(tmp_path / "w"),
-         "error: --config=configs/var_d17.py: no such file; the configs are in configs/"),
+         "error: flag --config=configs/var_d17.py: 'configs/var_d17.py' is neither a config file "
+         "nor the name of one shipped with bigvar (bae, bae_tiny, bigr,"),
+        (("--config=configs/var_d30.py",), str(tmp_path / "w" / "new"),
+         "error: no weights: convert the official var d30 once, `python -m bigvar.convert var "
+         "--from_hub=d30 --out=ckpt/var_d30` (or from files at hand: --vae=vae_ch160v4096z32.pth "
+         "--var=var_d30.pth), then add --config.init_from=ckpt/var_d30"),
+        (("--config=configs/bigr_xl_d24.py",), str(tmp_path / "w" / "new"),
+         "error: no weights: convert the official bigr xl_d24 once, `python -m bigvar.convert bigr "
+         "--from_hub=xl_d24 --out=ckpt/bigr_xl_d24` (or from files at hand: "
+         "--bae=binaryae_ema_1000000.th --gpt=bigr_XL_d24.pt)"),
     ]
     for flags, workdir, message in cases:
         config = [f.split("=", 1)[1] for f in flags if f.startswith("--config=")]
@@ -327,6 +336,7 @@ def test_cli_user_errors_are_one_line_with_exit_status_2(tmp_path):
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
         assert "Traceback" not in result.stderr
+        assert not (tmp_path / "w").exists(), f"a refused start left {tmp_path / 'w'} behind"
 
 
 def test_the_workdir_defaults_to_runs_and_the_config_name(tmp_path):
@@ -337,7 +347,8 @@ def test_the_workdir_defaults_to_runs_and_the_config_name(tmp_path):
                              f"--config={ROOT}/configs/var_tiny.py", "--config.mode=serve"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert "workdir: runs/var_tiny (--workdir=DIR to choose another)" in result.stdout, result.stderr
-    assert result.returncode == 2 and (tmp_path / "runs" / "var_tiny").is_dir()
+    assert result.returncode == 2
+    assert not (tmp_path / "runs").exists(), "a refused start left its run directory behind"
 
 
 def test_a_workdir_that_cannot_be_written_is_a_clear_error(tmp_path):

@@ -79,12 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_config_file(path: str):
-    from ml_collections import config_flags
-    from absl import flags
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", path, flag_values=fv)
-    fv(["convert"])
-    return fv.config
+    from bigvar import config_lib
+    return config_lib.load_config_file(*path.split(":", 1))
 
 
 def _resolve_files(args) -> dict | None:

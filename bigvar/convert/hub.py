@@ -50,8 +50,8 @@ class HubModel:
 
 # ---- the table --------------------------------------------------------------------------------
 VAR_REPO = "FoundationVision/var"
-# sha256 and sizes: the Hub's LFS metadata (git-lfs pointer oid / size) as recorded in
-# reference/VAR_SPEC.md §5.1 (var_d16, var_d20); elsewhere only the digest the Hub publishes
+# sha256 and sizes: the Hub's LFS metadata (git-lfs pointer oid / size) of var_d16 and var_d20,
+# as the file pages of FoundationVision/var show it; elsewhere only the digest the Hub publishes
 # with the download (X-Linked-Etag) is checked.
 _VQVAE = HubFile("vae_ch160v4096z32.pth")
 BIGR_REPO = "haoosz/BiGR"
@@ -279,3 +279,32 @@ def _command(kind: str, paths: dict) -> str:
 def _manual(kind: str, model: HubModel) -> str:
     return (f"To download by hand: {' and '.join(_urls(model))}, then "
             + _command(kind, {f: os.path.basename(h.filename) for f, h in model.files.items()}) + ".")
+
+
+def official_release(config) -> str | None:
+    """The `--from_hub` name of the official release whose architecture `config` describes
+    (its shipped config `configs/<model>.py:<name>` has the same architecture fields), or None."""
+    from bigvar import config_lib, weights
+    for name in HUB_MODELS.get(config.get("model"), {}):
+        shipped = config_lib.load_config_file(f"{config.model}.py", name)
+        try:
+            weights.check_architecture(config, shipped.to_dict(), "")
+        except UserError:
+            continue
+        return name
+    return None
+
+
+def missing_weights_hint(config) -> str:
+    """What to run when a generator config has no `init_from`: the conversion of its own official
+    release when it has one (from the Hub, or from the files at hand), else what writes weights."""
+    name = official_release(config)
+    random = "or --config.allow_random_init=True for a smoke test with random weights"
+    if name is None:
+        return (f"set --config.init_from=DIR to weights written by `python -m bigvar.convert "
+                f"{config.model} …` or by --config.mode=export of a training run ({random})")
+    model, out = HUB_MODELS[config.model][name], f"ckpt/{config.model}_{name}"
+    files = " ".join(f"--{flag}={os.path.basename(f.filename)}" for flag, f in model.files.items())
+    return (f"convert the official {config.model} {name} once, `python -m bigvar.convert "
+            f"{config.model} --from_hub={name} --out={out}` (or from files at hand: {files}), "
+            f"then add --config.init_from={out} ({random})")

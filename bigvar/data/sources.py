@@ -33,6 +33,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from bigvar import storage
+from bigvar.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -275,7 +276,11 @@ class TfdsSource:
 
     def __init__(self, name: str, split: str, data_dir: str | None = None,
                  image_key: str = "image", label_key: str = "label"):
-        import tensorflow_datasets as tfds
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError:
+            raise UserError("data.source=tfds needs tensorflow-datasets, an extra of bigvar: "
+                            "pip install 'bigvar[tfds]'") from None
 
         self.name, self.split, self.image_key, self.label_key = name, split, image_key, label_key
         try:

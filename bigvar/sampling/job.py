@@ -25,9 +25,10 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import tqdm
+from tqdm.auto import tqdm
 
 from bigvar import config_lib, models, multihost, npz, parallel, storage, weights
+from bigvar.convert import hub
 from bigvar.errors import UserError, invalid
 from bigvar.images import make_grid, save_png
 from bigvar.storage import atomic_write
@@ -67,11 +68,7 @@ def load_params(config: ml_collections.ConfigDict, generator, tokenizer, mesh):
         params = weights.load_weights(config.init_from, target)
         return params[gen_key], params[tok_key]
     if not config.allow_random_init:
-        example = ("python -m bigvar.convert bigr --bae=binaryae_ema_1000000.th --gpt=bigr_L_d24.pt --out=DIR"
-                   if config.model == "bigr" else
-                   "python -m bigvar.convert var --vae=vae_ch160v4096z32.pth --var=var_d16.pth --out=DIR")
-        raise UserError(f"no weights: set --config.init_from=DIR to a directory written by `{example}` "
-                        "(or --config.allow_random_init=True for a smoke test with random weights)")
+        raise UserError(f"no weights: {hub.missing_weights_hint(config)}")
     logging.warning("sampling from RANDOM weights (config.allow_random_init): images are noise")
     return jax.device_put(models.init_params(generator, tokenizer, config.seed),
                           parallel.replicated(mesh))
@@ -215,8 +212,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # part files, and each process the PNGs of its own rows.
     me, processes = jax.process_index(), jax.process_count()
     started, pngs_written = time.time(), 0
-    for k in tqdm.tqdm(sorted(set(range(num_batches)) - finished), desc="sampling", unit="batch",
-                       disable=not multihost.is_chief()):
+    for k in tqdm(sorted(set(range(num_batches)) - finished), desc="sampling", unit="batch",
+                  disable=not multihost.is_chief()):
         index = _batch_index(k, batch, n)
         # A ragged last batch is padded to the full batch: one compiled shape for the whole job.
         padded = parallel.pad_to_multiple(labels[index], batch)

@@ -21,11 +21,11 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-import tqdm
+from tqdm.auto import tqdm  # widgets in a notebook, text in a terminal
 
 from bigvar import config_lib, data as data_lib, multihost, parallel, rundir, storage, weights
 from bigvar.images import save_png
-from bigvar.errors import MissingFile, UserError, invalid
+from bigvar.errors import MissingFile, Preempted, UserError, invalid
 from bigvar.train import state as state_lib
 from bigvar.train.checkpoints import Checkpoints, PreemptionFlag
 
@@ -73,9 +73,10 @@ class LoopSpec:
 
 
 def run_loop(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
-    """Trains until `spec.steps` are done, or until SIGTERM; resumable from `workdir`, which is
-    locked for the run and must hold checkpoints of this config (`bigvar.rundir`).
-    Returns (summary for the user, the final state)."""
+    """Trains until `spec.steps` are done, or until SIGTERM/SIGINT; resumable from `workdir`,
+    which is locked for the run and must hold checkpoints of this config (`bigvar.rundir`).
+    Returns (summary for the user, the final state). Stopped by a signal before the last step, it
+    saves that step's checkpoint, cleans up and raises `Preempted` (the CLI exits with 75)."""
     from bigvar import rundir
     check_batch(config, mesh)
     with rundir.writing(workdir, config, what=spec.name) as workdir:
@@ -135,10 +136,11 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
                 scalars.update(spec.on_log(state, step + 1))
             writer.write_scalars(step + 1, scalars)
 
-    bar = tqdm.tqdm(total=spec.steps, initial=start, desc=spec.name, unit="step",
-                    dynamic_ncols=True, disable=not chief)
+    bar = tqdm(total=spec.steps, initial=start, desc=spec.name, unit="step",
+               dynamic_ncols=True, disable=not chief)
     began = time.time()
     step = start
+    stopping = False
     try:
         while step < spec.steps:
             batch = parallel.global_batch(next(data_iter), mesh)
@@ -172,8 +174,11 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
         ckpts.close()  # waits for the asynchronous save to land
         writer.close()
         stop.restore_handlers()
-    return {**summary, "steps": step,
-            "samples": grids_dir if storage.isdir(grids_dir) else "(none)"}, state
+    summary = {**summary, "steps": step,
+               "samples": grids_dir if storage.isdir(grids_dir) else "(none)"}
+    if stopping and step < spec.steps:  # after the cleanup: the checkpoint has landed
+        raise Preempted(step, ckpts.directory, summary)
+    return summary, state
 
 
 def _data_iterator(config, spec: LoopSpec, start_batch: int = 0):
