@@ -1,7 +1,7 @@
 """Two settings that make JAX's CPU backend faster for bigvar; both are measured, neither changes
 what is computed beyond float rounding.
 
-1. Convolutions on XLA's own kernels, not YNNPACK (set at `import bigvar`).
+1. Convolutions and matmuls on XLA's own kernels, not YNNPACK (set at `import bigvar`).
    jaxlib 0.10–0.12 hand convolutions to YNNPACK ("individual convolution" fusions), which is
    slow for the shapes our tokenizers and CNNs use, worst for the weight gradients of 3×3
    convolutions (a window as large as the image). On 2 CPU cores, fp32, without → with:
@@ -10,8 +10,13 @@ what is computed beyond float rounding.
        of which one weight-gradient conv        jax 0.10.2: 0.73–0.78 s;     0.12.0.1: 0.17 s
      VAR's VQ-VAE reconstruction, 4 × 256 px    jax 0.10.2: 38.7 s → 24.7 s; 0.12.0.1: 28.6 s → 24.2 s
 
+   Matmuls ("individual dot" fusions) too: jaxlib 0.12.1 fails to compile bfloat16 ones on CPUs
+   without AVX-512 (LLVM "Cannot select … v8bf16 = X86ISD::VBROADCAST" in the transposes that
+   feed them: the process aborts), and XLA's own matmuls were faster here anyway (jax 0.12.1, a
+   5440×1024 @ 1024×4096 matmul + GELU: fp32 0.86 s → 0.70 s, bf16 1.01 s → 0.76 s).
+
    So when JAX will run on the CPU, `import bigvar` adds
-   `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` to XLA_FLAGS, which JAX reads
+   `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution,-individual_dot` to XLA_FLAGS, which JAX reads
    when it starts its backend (so bigvar must be imported before the first computation). Nothing
    is changed when the user's XLA_FLAGS already name that flag (their choice wins), when an
    accelerator plugin is installed and JAX_PLATFORMS does not pin the CPU (the convolutions run on
@@ -37,7 +42,7 @@ import sys
 from importlib import metadata
 
 YNN_FLAG_NAME = "xla_cpu_experimental_ynn_fusion_type"
-YNN_FLAG = f"--{YNN_FLAG_NAME}=-individual_convolution"
+YNN_FLAG = f"--{YNN_FLAG_NAME}=-individual_convolution,-individual_dot"
 KNOWN_JAXLIB = ((0, 10), (0, 13))  # [from, to): releases checked to have YNN_FLAG_NAME
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
