@@ -9,7 +9,8 @@
 #   T="--name=var-d16 --zone=us-west4-a --accelerator-type=v5litepod-64"
 #   launch/tpu_vm.sh create  $T --spot      # queued resource; waits until it is ACTIVE
 #   launch/tpu_vm.sh copy    $T             # pyproject.toml, README.md, bigvar/, configs/
-#   launch/tpu_vm.sh install $T             # ~/bigvar-venv with pip install -e ".[tpu]"
+#   launch/tpu_vm.sh install $T             # ~/bigvar-venv with pip install -e ".[tpu,tfds]"
+#   launch/tpu_vm.sh mount   $T --bucket=BUCKET  # gs://BUCKET at /mnt/gcs, read-only
 #   launch/tpu_vm.sh run     $T -- --config=configs/var_d16.py --workdir=gs://BUCKET/var_d16 \
 #       --config.mode=train --config.data.source=array_record \
 #       --config.data.path='/mnt/gcs/imagenet/train-*.array_record' --config.tokenizer_from=gs://BUCKET/ckpt/var_d16
@@ -17,21 +18,35 @@
 #   launch/tpu_vm.sh stop    $T             # SIGTERM: the trainer checkpoints and exits
 #   launch/tpu_vm.sh delete  $T --spot
 #
+# Restarts: a SIGTERM to the trainer on any worker makes every worker's trainer save the same
+# checkpoint and exit with status 75; `run` starts them again, and the job resumes from it (so a
+# SIGTERM that leaves the VMs up costs only the restart; `stop` is how to end a run). A preempted
+# spot slice takes its processes with it: recreate it (delete, create, copy, install, mount) and
+# repeat the same `run`, which resumes from the workdir's newest checkpoint.
+#
 # Commands:
 #   create    gcloud compute tpus tpu-vm create; with --spot, a queued resource with --spot
 #             (gcloud compute tpus queued-resources create), polled until ACTIVE.
 #   copy      the checkout's pyproject.toml, README.md, bigvar/ and configs/ (uncommitted edits
 #             included) as a tarball to ~/bigvar on every worker, replacing what was there.
 #   install   on every worker: a venv ~/bigvar-venv (Python >= 3.11; uv provides 3.12 where the
-#             image's python3 is older) and pip install -e "~/bigvar[tpu]".
-#   run       on every worker (--worker=all), under nohup and in the background:
+#             image's python3 is older) and pip install -e "~/bigvar[tpu,tfds]".
+#   mount     on every worker: gs://BUCKET (--bucket; BUCKET/DIR mounts one directory of it) at
+#             --mount-point with Cloud Storage FUSE (gcsfuse --implicit-dirs, installed from
+#             Google's apt repository if missing), read-only unless --read-write: data paths
+#             such as /mnt/gcs/imagenet/train-*.array_record then work on every host. Once per
+#             VM (a mount does not survive a reboot); an existing mount is left as it is.
+#   run       on every worker (--worker=all), in the background, immune to the ssh hang-up:
 #               cd ~/bigvar && ~/bigvar-venv/bin/python -m bigvar.main FLAGS --multihost
+#             again and again while it exits with 75 (stopped by SIGTERM after saving a
+#             checkpoint), until it ends otherwise or `stop` stopped it.
 #             stdout and stderr appended to ~/bigvar-logs/RUN.log (RUN: the workdir's last
 #             component, or --run-name); ~/bigvar-logs/latest.log links to it. The flags after
 #             `--` must include --config and --workdir; use a gs:// workdir, every host writes
 #             there. Rerunning the same command resumes from the workdir's last checkpoint.
 #   logs      each worker's ~/bigvar-logs/RUN.log (default: latest) to logs/NAME/worker-I.log.
-#   stop      pkill -TERM -f bigvar.main on every worker.
+#   stop      on every worker: a stop file, so that `run` does not start the trainer again, then
+#             pkill -TERM -f bigvar.main (it checkpoints and exits).
 #   delete    gcloud compute tpus tpu-vm delete; with --spot, the queued resource (--force).
 #
 # Options (a default in brackets; environment variables as in the Cloud TPU docs):
@@ -45,6 +60,9 @@
 #   --workers N                hosts in the slice, for `logs` [derived from the accelerator type]
 #   --run-name RUN             the log file name on the workers [run: the workdir's last
 #                              component; logs: latest]
+#   --bucket BUCKET            mount: the bucket, e.g. my-bucket, gs://my-bucket/imagenet
+#   --mount-point DIR          mount: where on every worker [/mnt/gcs]
+#   --read-write               mount: writable (default: read-only, for datasets)
 #   --dry-run                  print every command (`+ ...`, one a line) and run none
 #   -h, --help                 this text
 set -euo pipefail
@@ -61,6 +79,9 @@ VERSION=${RUNTIME_VERSION:-}
 SPOT=0
 WORKERS=""
 RUN_NAME=""
+BUCKET=""
+MOUNT_POINT=/mnt/gcs
+READ_WRITE=0
 DRY_RUN=0
 COMMAND=""
 BIGVAR_FLAGS=()
@@ -73,6 +94,7 @@ while (($# > 0)); do
     -h | --help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1 ;;
     --spot) SPOT=1 ;;
+    --read-write) READ_WRITE=1 ;;
     --name) NAME=$(value "$@"); shift ;;
     --zone) ZONE=$(value "$@"); shift ;;
     --project) PROJECT=$(value "$@"); shift ;;
@@ -80,8 +102,10 @@ while (($# > 0)); do
     --version) VERSION=$(value "$@"); shift ;;
     --workers) WORKERS=$(value "$@"); shift ;;
     --run-name) RUN_NAME=$(value "$@"); shift ;;
+    --bucket) BUCKET=$(value "$@"); shift ;;
+    --mount-point) MOUNT_POINT=$(value "$@"); shift ;;
     --) shift; BIGVAR_FLAGS=("$@"); break ;;
-    create | copy | install | run | logs | stop | delete)
+    create | copy | install | mount | run | logs | stop | delete)
       [[ -z $COMMAND ]] || die "one command at a time (got '$COMMAND' and '$1')"
       COMMAND=$1 ;;
     *) die "unknown argument '$1' (flags for bigvar.main go after '--')" ;;
@@ -89,7 +113,7 @@ while (($# > 0)); do
   shift
 done
 
-[[ -n $COMMAND ]] || die "no command: create, copy, install, run, logs, stop or delete"
+[[ -n $COMMAND ]] || die "no command: create, copy, install, mount, run, logs, stop or delete"
 [[ -n $NAME ]] || die "missing --name (the TPU's name)"
 [[ -n $ZONE ]] || die "missing --zone (e.g. --zone=us-west4-a)"
 GCLOUD_FLAGS=(--zone="$ZONE")
@@ -97,6 +121,8 @@ if [[ -n $PROJECT ]]; then GCLOUD_FLAGS+=(--project="$PROJECT"); fi
 # The trainer's command line on a worker, for pgrep/pkill -f: anchored at `python`, so that it
 # does not match the shell that runs an ssh command line containing this pattern.
 TRAINER='^[^ ]*python[^ ]* -m bigvar[.]main'
+# Written by `stop`, removed by `run`: a trainer that exits 75 is started again unless it is there.
+STOP_FILE=bigvar-logs/stop
 
 on_all_workers() {  # runs the shell command $1 on every worker of the slice
   run_cmd gcloud compute tpus tpu-vm ssh "$NAME" "${GCLOUD_FLAGS[@]}" --worker=all --command="$1"
@@ -174,7 +200,34 @@ cmd_install() {
 if [ ! -x bigvar-venv/bin/python ]; then \
 if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then $venv; else $venv_uv; fi; fi; \
 bigvar-venv/bin/pip install --quiet --upgrade pip; \
-bigvar-venv/bin/pip install -e './bigvar[tpu]'"
+bigvar-venv/bin/pip install -e './bigvar[tpu,tfds]'"
+}
+
+cmd_mount() {
+  [[ -n $BUCKET ]] || die "mount needs --bucket (e.g. --bucket=my-bucket or --bucket=gs://my-bucket/imagenet)"
+  local bucket=${BUCKET#gs://} only_dir="" options="--implicit-dirs"
+  bucket=${bucket%/}
+  local source="gs://$bucket"
+  if [[ $bucket == */* ]]; then  # BUCKET/DIR: that directory only
+    only_dir=" --only-dir=$(quote "${bucket#*/}")"
+    bucket=${bucket%%/*}
+  fi
+  if ((!READ_WRITE)); then options+=" -o ro"; fi
+  local mp
+  mp=$(quote "$MOUNT_POINT")
+  # gcsfuse from Google's apt repository (the Cloud Storage FUSE install instructions).
+  local install="echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] \
+https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" \
+| sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
+curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg \
+| sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null; \
+sudo apt-get update -qq; sudo apt-get install -y -qq gcsfuse"
+  on_all_workers "set -e; if mountpoint -q $mp; then \
+echo \"\$(hostname): $mp is already mounted\"; exit 0; fi; \
+if ! command -v gcsfuse >/dev/null; then $install; fi; \
+sudo mkdir -p $mp; sudo chown \"\$(id -u):\$(id -g)\" $mp; \
+gcsfuse $options$only_dir $(quote "$bucket") $mp; \
+echo \"\$(hostname): $source mounted at $mp\""
 }
 
 cmd_run() {
@@ -189,10 +242,16 @@ cmd_run() {
   local run_name=${RUN_NAME:-$(basename "$workdir")}
   local log="bigvar-logs/$run_name.log"
   for flag in "${BIGVAR_FLAGS[@]}" --multihost; do flags+=" $(quote "$flag")"; done
+  # A background subshell, deaf to the ssh session's SIGHUP as under nohup (the trainer inherits
+  # that), runs the trainer again while it exits 75 (a checkpoint on SIGTERM) and `stop` did not.
   on_all_workers "set -e; if pgrep -f '$TRAINER' >/dev/null; then \
 echo \"\$(hostname): bigvar.main is already running (launch/tpu_vm.sh stop)\" >&2; exit 1; fi; \
-mkdir -p bigvar-logs; ln -sfn $(quote "$run_name.log") bigvar-logs/latest.log; cd bigvar; \
-nohup ../bigvar-venv/bin/python -m bigvar.main$flags >> ../$(quote "$log") 2>&1 < /dev/null & \
+mkdir -p bigvar-logs; rm -f $STOP_FILE; ln -sfn $(quote "$run_name.log") bigvar-logs/latest.log; \
+cd bigvar; (trap '' HUP; while :; do status=0; \
+../bigvar-venv/bin/python -m bigvar.main$flags || status=\$?; \
+if [ \$status -ne 75 ] || [ -e ../$STOP_FILE ]; then exit \$status; fi; \
+echo \"\$(date): bigvar.main exited with 75 (checkpoint saved): starting it again\"; \
+done) >> ../$(quote "$log") 2>&1 < /dev/null & \
 echo \"\$(hostname): started bigvar.main, pid \$!, log ~/$log\""
   if ((!DRY_RUN)); then
     echo "started on every worker; follow worker 0 with:" >&2
@@ -213,6 +272,8 @@ cmd_logs() {
 }
 
 cmd_stop() {
+  # Every stop file first: a SIGTERM on one worker stops the trainers of all of them.
+  on_all_workers "mkdir -p bigvar-logs && touch $STOP_FILE"
   on_all_workers "pkill -TERM -f '$TRAINER' || echo \"\$(hostname): bigvar.main was not running\""
 }
 

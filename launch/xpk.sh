@@ -5,10 +5,12 @@
 #
 #   launch/xpk.sh COMMAND --cluster=CLUSTER [--workload=NAME] [options] [-- bigvar.main flags]
 #
-# VAR-d16 on one v5e-64 slice of an existing XPK cluster (`xpk cluster create ...`):
+# VAR-d16 on one v5e-64 slice of an existing XPK cluster (`xpk cluster create ...`), from an
+# image built from this checkout's Dockerfile (once per code change):
 #
+#   launch/xpk.sh build --docker-image=gcr.io/PROJECT/bigvar:v1
 #   launch/xpk.sh create --cluster=my-cluster --workload=var-d16 --tpu-type=v5litepod-64 \
-#       --zone=us-west4-a --max-restarts=10 -- \
+#       --zone=us-west4-a --docker-image=gcr.io/PROJECT/bigvar:v1 -- \
 #       --config=configs/var_d16.py --workdir=gs://BUCKET/var_d16 --config.mode=train \
 #       --config.data.source=array_record --config.data.path='/mnt/gcs/imagenet/train-*.array_record' \
 #       --config.tokenizer_from=gs://BUCKET/ckpt/var_d16
@@ -17,27 +19,39 @@
 #   launch/xpk.sh delete --cluster=my-cluster --workload=var-d16 --zone=us-west4-a
 #
 # Commands:
-#   create    xpk workload create. The image: --docker-image, one with bigvar installed
-#             (`pip install -e ".[tpu]"`) and the checkout as its working directory; without
-#             it, xpk builds one from --base-docker-image and a copy of this checkout's
-#             pyproject.toml, README.md, bigvar/ and configs/ (needs docker), and every pod runs
-#             `pip install -e ".[tpu]"` before bigvar.main. The flags after `--` must include
-#             --config and --workdir (a gs:// path: every pod writes there). A restarted workload
-#             (--max-restarts, e.g. after a preemption) resumes from the workdir's checkpoint.
+#   build     docker build of the repository's Dockerfile (bigvar installed with --extras, not
+#             editable; entry point `python -m bigvar.main`), tagged --docker-image, then
+#             docker push. Needs docker, logged in to the registry (`gcloud auth
+#             configure-docker`). No --cluster needed.
+#   create    xpk workload create. Every pod runs `python -m bigvar.main FLAGS --multihost`. The
+#             image: --docker-image (from `build`), which has bigvar installed, so pods start at
+#             once; without it, xpk builds one from --base-docker-image and a copy of this
+#             checkout's pyproject.toml, README.md, bigvar/ and configs/ (needs docker), and
+#             every pod runs `pip install -e ".[tpu,tfds]"` first, at every start. The flags
+#             after `--` must include --config and --workdir (a gs:// path: every pod writes
+#             there).
+#             Restarts: the workload is created with --restart-on-user-code-failure, so a pod
+#             that fails (a crash, or bigvar.main's exit status 75 after the checkpoint it saves
+#             on a preemption's SIGTERM) makes JobSet restart the whole workload, up to
+#             --max-restarts times (each preemption uses one); every restart resumes from the
+#             workdir's newest checkpoint. A run that finished exits 0 and is not restarted.
 #   list      xpk workload list (only this workload's when --workload is given).
 #   logs      kubectl logs of every pod of the workload, each line prefixed by its pod.
 #   delete    xpk workload delete.
 #
 # Options (a default in brackets):
-#   --cluster NAME                         the XPK cluster [$CLUSTER_NAME]
+#   --cluster NAME                         the XPK cluster [$CLUSTER_NAME] (not for build)
 #   --workload NAME                        the workload (create, logs, delete)
 #   --project PROJECT                      [$PROJECT_ID, else gcloud's configured project]
 #   --zone ZONE                            [$ZONE, else gcloud's configured zone]
 #   --tpu-type TYPE                        e.g. v5litepod-64 (create)
 #   --num-slices N                         [1]
-#   --docker-image IMAGE                   an image with bigvar installed
-#   --base-docker-image IMAGE              [python:3.12] (without --docker-image)
-#   --max-restarts N                       JobSet restarts after a failure or preemption [0]
+#   --docker-image IMAGE                   the image `build` makes and `create` runs, e.g.
+#                                          gcr.io/PROJECT/bigvar:TAG (also --image)
+#   --extras EXTRAS                        build: the package's extras [tpu,tfds]; NVIDIA
+#                                          GPUs: cuda12,tfds
+#   --base-docker-image IMAGE              [python:3.12] (create without --docker-image)
+#   --max-restarts N                       JobSet restarts after a failure or preemption [10]
 #   --termination-grace-period-seconds S   time between SIGTERM and SIGKILL, for the
 #                                          trainer's last checkpoint [300]
 #   --dry-run                              print every command (`+ ...`, one a line), run none
@@ -56,7 +70,8 @@ TPU_TYPE=""
 NUM_SLICES=1
 DOCKER_IMAGE=""
 BASE_DOCKER_IMAGE=python:3.12
-MAX_RESTARTS=0
+EXTRAS=tpu,tfds
+MAX_RESTARTS=10
 GRACE_SECONDS=300
 DRY_RUN=0
 COMMAND=""
@@ -75,12 +90,13 @@ while (($# > 0)); do
     --zone) ZONE=$(value "$@"); shift ;;
     --tpu-type) TPU_TYPE=$(value "$@"); shift ;;
     --num-slices) NUM_SLICES=$(value "$@"); shift ;;
-    --docker-image) DOCKER_IMAGE=$(value "$@"); shift ;;
+    --docker-image | --image) DOCKER_IMAGE=$(value "$@"); shift ;;
+    --extras) EXTRAS=$(value "$@"); shift ;;
     --base-docker-image) BASE_DOCKER_IMAGE=$(value "$@"); shift ;;
     --max-restarts) MAX_RESTARTS=$(value "$@"); shift ;;
     --termination-grace-period-seconds) GRACE_SECONDS=$(value "$@"); shift ;;
     --) shift; BIGVAR_FLAGS=("$@"); break ;;
-    create | list | logs | delete)
+    build | create | list | logs | delete)
       [[ -z $COMMAND ]] || die "one command at a time (got '$COMMAND' and '$1')"
       COMMAND=$1 ;;
     *) die "unknown argument '$1' (flags for bigvar.main go after '--')" ;;
@@ -88,12 +104,23 @@ while (($# > 0)); do
   shift
 done
 
-[[ -n $COMMAND ]] || die "no command: create, list, logs or delete"
-[[ -n $CLUSTER ]] || die "missing --cluster (the XPK cluster's name)"
-if [[ $COMMAND != list && -z $WORKLOAD ]]; then die "$COMMAND needs --workload"; fi
+[[ -n $COMMAND ]] || die "no command: build, create, list, logs or delete"
+if [[ $COMMAND != build ]]; then
+  [[ -n $CLUSTER ]] || die "missing --cluster (the XPK cluster's name)"
+  if [[ $COMMAND != list && -z $WORKLOAD ]]; then die "$COMMAND needs --workload"; fi
+fi
+[[ $MAX_RESTARTS =~ ^[0-9]+$ ]] || die "--max-restarts must be a number (0: never restart), got '$MAX_RESTARTS'"
 XPK_FLAGS=(--cluster="$CLUSTER")
 if [[ -n $PROJECT ]]; then XPK_FLAGS+=(--project="$PROJECT"); fi
 if [[ -n $ZONE ]]; then XPK_FLAGS+=(--zone="$ZONE"); fi
+
+cmd_build() {
+  [[ -n $DOCKER_IMAGE ]] || die "build needs --docker-image (e.g. --docker-image=gcr.io/PROJECT/bigvar:v1)"
+  # linux/amd64: TPU hosts are x86 machines, whatever machine builds the image.
+  run_cmd docker build --platform=linux/amd64 --build-arg=EXTRAS="$EXTRAS" -t "$DOCKER_IMAGE" \
+    -f "$REPO/Dockerfile" "$REPO"
+  run_cmd docker push "$DOCKER_IMAGE"
+}
 
 cmd_create() {
   [[ -n $TPU_TYPE ]] || die "create needs --tpu-type (e.g. v5litepod-64)"
@@ -101,7 +128,8 @@ cmd_create() {
   has_flag --workdir || die "create needs bigvar.main's --workdir after '--' (a gs:// path every pod can write)"
   local main="python -m bigvar.main" flag
   for flag in "${BIGVAR_FLAGS[@]}" --multihost; do main+=" $(quote "$flag")"; done
-  # `exec`: XPK forwards the pod's SIGTERM to the command's process, which is then the trainer.
+  # `exec`: XPK forwards the pod's SIGTERM to the command's process, which is then the trainer,
+  # and the trainer's exit status (75 after a preemption checkpoint) is the command's.
   local image_flags command="exec $main"
   if [[ -n $DOCKER_IMAGE ]]; then
     image_flags=(--docker-image="$DOCKER_IMAGE")
@@ -111,11 +139,12 @@ cmd_create() {
     run_cmd mkdir -p "$script_dir"
     run_cmd cp -R "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/bigvar" "$REPO/configs" "$script_dir/"
     image_flags=(--base-docker-image="$BASE_DOCKER_IMAGE" --script-dir="$script_dir")
-    command="pip install --quiet -e '.[tpu]' && $command"
+    command="pip install --quiet -e '.[tpu,tfds]' && $command"
   fi
   run_cmd xpk workload create "${XPK_FLAGS[@]}" --workload="$WORKLOAD" --tpu-type="$TPU_TYPE" \
-    --num-slices="$NUM_SLICES" "${image_flags[@]}" --max-restarts="$MAX_RESTARTS" \
-    --termination-grace-period-seconds="$GRACE_SECONDS" --command="$command"
+    --num-slices="$NUM_SLICES" "${image_flags[@]}" --restart-on-user-code-failure \
+    --max-restarts="$MAX_RESTARTS" --termination-grace-period-seconds="$GRACE_SECONDS" \
+    --command="$command"
 }
 
 cmd_list() {
