@@ -2,15 +2,20 @@
 
 The jobs keep their work directories, logs, exports, sample outputs and reference batches through
 these functions, so a `--workdir=gs://bucket/run` is a bucket prefix (not the local folder
-`./gs:/bucket/run` that `os.path` would make of it). Local paths go straight to `os`; URLs go to
-fsspec (gcsfs for gs://, installed with bigvar). Checkpoints go through orbax/TensorStore, which
-read and write gs:// themselves.
+`./gs:/bucket/run` that `os.path` would make of it). They are `etils.epath` underneath (local
+paths through `os`, gs:// through fsspec and gcsfs, installed with bigvar); checkpoints go
+through orbax/TensorStore, which read and write gs:// themselves.
+
+Two process-wide settings are made here, before epath first picks a backend: epath uses its
+fsspec backend even where TensorFlow is installed (`EPATH_USE_TF=false`: bigvar never imports
+TF), and gcsfs keeps no listings cache (the jobs poll for files that other processes write).
 
 What object stores lack, and how it is made up for:
   - renames: `replace` of a URL is a copy then a delete, so writers of shared files write them
     whole in one upload (`atomic_write`): a reader sees the old object or the complete new one;
-  - appends: files that grow (metrics.jsonl, event files) are written locally and uploaded
-    whole after each write (`train/metric_writer.py`);
+  - appends: files that grow (metrics.jsonl, event files) are written locally and mirrored by
+    `AppendMirror`, which uploads only the new bytes and has GCS concatenate them onto the
+    object (compose), so a run's logs cost the bytes written, not one whole upload per write;
   - exclusive creation (the run lock): `create_exclusive` asks the store to create the object only
     if absent, and reads it back to know who won.
 """
@@ -19,13 +24,21 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tempfile
 import threading
+import uuid
 from typing import IO, Iterator
 
-import numpy as np
+os.environ.setdefault("EPATH_USE_TF", "false")  # read once, at epath's first gs:// path
+
+import fsspec.config  # noqa: E402
+import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
+
+fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 
 
 def is_url(path: str) -> bool:
@@ -33,8 +46,7 @@ def is_url(path: str) -> bool:
 
 
 def filesystem(path: str):
-    import fsspec
-    # No listing cache: the jobs poll for files other processes write.
+    """The fsspec filesystem of a URL, for what epath does not offer (find, compose)."""
     return fsspec.core.url_to_fs(path, use_listings_cache=False)[0]
 
 
@@ -45,81 +57,69 @@ def absolute(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-    return filesystem(path).exists(path) if is_url(path) else os.path.exists(path)
+    return epath.Path(path).exists()
 
 
 def isdir(path: str) -> bool:
-    return filesystem(path).isdir(path) if is_url(path) else os.path.isdir(path)
+    return epath.Path(path).is_dir()
 
 
 def isfile(path: str) -> bool:
-    return filesystem(path).isfile(path) if is_url(path) else os.path.isfile(path)
+    return epath.Path(path).is_file()
 
 
 def makedirs(path: str) -> None:
-    """Creates the folder and its parents (an object store has no folders: nothing to do)."""
-    if not is_url(path):
-        os.makedirs(path, exist_ok=True)
+    """Creates the folder and its parents (an object store has no folders: nothing is done, and
+    no bucket is created)."""
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def listdir(path: str) -> list[str]:
-    """The names in folder `path` (FileNotFoundError if there is none)."""
-    if not is_url(path):
-        return os.listdir(path)
-    fs = filesystem(path)
-    if not fs.isdir(path):
+    """The sorted names in folder `path` (FileNotFoundError if there is none)."""
+    if is_url(path) and not isdir(path):  # (epath would list a file as a folder holding itself)
         raise FileNotFoundError(path)
-    return sorted({entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(path, detail=False)})
+    return sorted(child.name for child in epath.Path(path).iterdir())
 
 
 def remove(path: str) -> None:
     """Removes a file (FileNotFoundError if there is none)."""
-    if not is_url(path):
-        os.remove(path)
-        return
-    fs = filesystem(path)
-    if not fs.isfile(path):
-        raise FileNotFoundError(path)
-    fs.rm_file(path)
+    epath.Path(path).unlink()
 
 
 def rmtree(path: str) -> None:
-    if is_url(path):
-        fs = filesystem(path)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+    """Removes a folder and everything in it (nothing if there is none)."""
+    epath.Path(path).rmtree(missing_ok=True)
 
 
 def replace(source: str, target: str) -> None:
     """Moves a file or folder to `target`, replacing a file there. Atomic locally; for URLs a copy
     and a delete (object stores have no rename), so `target` must not be read meanwhile."""
     if not is_url(source):
-        os.replace(source, target)
+        epath.Path(source).replace(target)
         return
+    # Not epath's replace: gcsfs's move first tries objects.move, which the emulator lacks.
     fs = filesystem(source)
-    folder = fs.isdir(source)  # (not fs.mv: gcsfs first tries an API the emulator lacks)
+    folder = fs.isdir(source)
     fs.copy(source, target, recursive=folder)
     fs.rm(source, recursive=folder)
 
 
 def open(path: str, mode: str = "r", **kwargs) -> IO:  # noqa: A001 (mirrors the builtin)
-    if is_url(path):
-        return filesystem(path).open(path, mode, **kwargs)
-    return builtins.open(path, mode, **kwargs)
+    """Opens a file; text is UTF-8 (and only `encoding="utf-8"` may be passed)."""
+    if "b" in mode or not is_url(path):
+        return epath.Path(path).open(mode, **kwargs)
+    # epath's gs:// text files use the locale's encoding: decode here instead.
+    return io.TextIOWrapper(epath.Path(path).open(mode + "b"), **{"encoding": "utf-8", **kwargs})
 
 
 def read_text(path: str) -> str:
-    with open(path, "r", encoding="utf-8") as f:
-        return f.read()
+    return epath.Path(path).read_bytes().decode("utf-8")
 
 
 def getmtime(path: str) -> float:
-    if not is_url(path):
+    if not is_url(path):  # (epath's local stat looks up the owner's name: fails for unnamed uids)
         return os.path.getmtime(path)
-    modified = filesystem(path).modified(path)
-    return modified.timestamp()
+    return float(epath.Path(path).stat().mtime)
 
 
 def touch(path: str) -> None:
@@ -127,7 +127,7 @@ def touch(path: str) -> None:
     if not is_url(path):
         os.utime(path)
         return
-    fs = filesystem(path)
+    fs = filesystem(path)  # (epath's touch leaves an existing file as it is)
     fs.pipe_file(path, fs.cat_file(path))
 
 
@@ -143,7 +143,8 @@ def atomic_write(path: str) -> Iterator[str]:
 
     Locally the temporary sits next to `path` and is renamed (a crash leaves at most a hidden
     temporary, removed here when possible); for a URL it is uploaded in one request. Temporaries
-    are unique per process and thread, so concurrent writers cannot interleave."""
+    are unique per process and thread, so concurrent writers cannot interleave. (Not epath's
+    open(url, "wb"): a block that raises would still upload what it had written.)"""
     path = absolute(path)
     if is_url(path):
         with tempfile.TemporaryDirectory(prefix="bigvar-upload-") as folder:
@@ -176,7 +177,8 @@ def create_exclusive(path: str, data: bytes) -> bool:
     Locally the file is written whole under a temporary name and hard-linked to `path` (link
     fails if `path` exists), so a reader never sees it half-written. For a URL the store is asked
     to create the object only if absent, and the object is read back: the writer whose bytes are
-    there won (also on stores or emulators that do not honour the precondition)."""
+    there won (also on stores or emulators that do not honour the precondition). epath has no
+    exclusive mode ("x")."""
     if not is_url(path):
         directory, name = os.path.split(os.path.abspath(path))
         tmp = os.path.join(directory, _temporary_name(name))
@@ -207,8 +209,103 @@ def create_exclusive(path: str, data: bytes) -> bool:
 
 
 def load_npz(path: str) -> dict[str, np.ndarray]:
-    """Every array of an .npz file, read whole (a URL is downloaded first)."""
+    """Every array of an .npz file, read whole (a URL is downloaded first: np.load's many small
+    seeks would each be a request)."""
     with open(path, "rb") as f:
         with np.load(io.BytesIO(f.read()) if is_url(path) else f) as data:
             return {key: data[key] for key in data.files}
 
+
+# ---------------------------------------------------------------------------------------------
+# Append-only local files mirrored to a URL at the cost of the bytes appended.
+# ---------------------------------------------------------------------------------------------
+
+def _can_compose(fs) -> bool:
+    """GCS concatenates objects server-side (compose); other stores get whole uploads (S3's
+    multipart copy needs 5 MiB parts, and most stores have nothing of the kind)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "gs" in protocols or "gcs" in protocols
+
+
+class AppendMirror:
+    """Keeps the object at `url` a copy of the local file `local`, which grows by appends.
+
+    Each `sync()` uploads what was appended since the last one as a temporary object and has GCS
+    compose (concatenate) it onto the object, server-side: a file written in N appends costs its
+    size in uploads, not N whole uploads. The compose is atomic, so readers see the object before
+    or after an append, and it is conditional on the object's generation, so a retried request
+    cannot append twice. The object is uploaded whole instead on the first sync, when the file
+    was replaced (a new file under the name: `os.replace`) or shortened, when an append fails,
+    and on stores without compose. A file rewritten in place must be synced before it grows
+    again. It may be appended to while `sync()` runs (a writer thread): the object is always a
+    prefix of the file.
+    """
+
+    def __init__(self, local: str, url: str):
+        self.local, self.url = local, url
+        self._fs = filesystem(url)
+        self._compose = _can_compose(self._fs)
+        # What the object holds: ((st_dev, st_ino) of the file, size, generation); None: unknown.
+        self._synced: tuple[tuple[int, int], int, str] | None = None
+        self._warned = False
+
+    def pull(self) -> bool:
+        """Makes the local file a copy of the object, if there is one; True if there was."""
+        try:
+            info = self._fs.info(self.url)
+            data = self._fs.cat_file(self.url)
+        except FileNotFoundError:
+            return False
+        with builtins.open(self.local, "wb") as f:
+            f.write(data)
+        stat = os.stat(self.local)
+        if len(data) == int(info["size"]):  # (else rewritten meanwhile: the next sync is whole)
+            self._synced = ((stat.st_dev, stat.st_ino), len(data), info.get("generation"))
+        return True
+
+    def sync(self) -> None:
+        """Makes the object a copy of the local file as it is now."""
+        stat = os.stat(self.local)
+        file, size = (stat.st_dev, stat.st_ino), stat.st_size
+        if self._synced is not None and self._synced[0] == file:
+            synced, generation = self._synced[1:]
+            if synced == size:
+                return
+            if self._compose and 0 < synced < size:
+                try:
+                    self._append(file, synced, size, generation)
+                    return
+                except Exception as e:  # noqa: BLE001 (the whole upload below repairs any failure)
+                    if not self._warned:
+                        logging.warning("appending to %s failed (%s: %s); uploading it whole",
+                                        self.url, type(e).__name__, e)
+                        self._warned = True
+        self._synced = None
+        with builtins.open(self.local, "rb") as f:
+            data = f.read(size)  # (exactly `size` bytes: a writer thread may be appending)
+        self._fs.pipe_file(self.url, data)
+        info = self._fs.info(self.url)
+        if int(info["size"]) == size:
+            self._synced = (file, size, info.get("generation"))
+
+    def _append(self, file: tuple[int, int], start: int, end: int, generation: str) -> None:
+        with builtins.open(self.local, "rb") as f:
+            f.seek(start)
+            tail = f.read(end - start)
+        bucket, key, _ = self._fs.split_path(self.url)
+        folder = key.rpartition("/")[0]
+        tail_key = (folder + "/" if folder else "") + f".append-{uuid.uuid4().hex}"
+        self._fs.pipe_file(f"{bucket}/{tail_key}", tail)
+        try:
+            # (not fs.merge: it cannot pass the precondition, and returns no size to check)
+            composed = self._fs.call(
+                "POST", "b/{}/o/{}/compose", bucket, key, ifGenerationMatch=generation,
+                json={"kind": "storage#composeRequest", "destination": {"name": key},
+                      "sourceObjects": [{"name": key}, {"name": tail_key}]},
+                json_out=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.rm_file(f"{bucket}/{tail_key}")
+        if int(composed["size"]) != end:
+            raise OSError(f"the composed object holds {composed['size']} bytes, not {end}")
+        self._synced = (file, end, composed.get("generation"))

@@ -7,19 +7,29 @@
 STORAGE_EMULATOR_HOST, TensorStore (orbax's checkpoints) TENSORSTORE_GCS_HTTP_URL, and both take
 the fixed testing token instead of looking for Google credentials (no network is touched).
 
-Run as a script, it serves until killed: `python tests/gcs_emulator.py PORT DATA_DIR BUCKET`.
-The emulator's downloads lack the `x-goog-generation` header that the real service sends and
-TensorStore requires; the script adds it.
+`received(env)` tells how many bytes the emulator has received so far: "payload", the object
+data of uploads (not the JSON of other requests), and "body", every request body.
+
+Run as a script, it serves until killed: `python tests/gcs_emulator.py PORT DATA_DIR BUCKET
+[SOFT_DELETE (1 or 0)]`.
+What the script adds to the emulator, as the real service does: the `x-goog-generation` header
+of downloads (TensorStore requires it), compose's `ifGenerationMatch` precondition, and the last
+byte of uploaded data that ends in a carriage return (the emulator dropped it).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Iterator
+
+_RECEIVED = "/_bigvar/received"  # the counts (not a GCS path)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -28,14 +38,18 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(data_dir, bucket: str = "bigvar-test", timeout: float = 30) -> Iterator[dict]:
+def running(data_dir, bucket: str = "bigvar-test", timeout: float = 30,
+            soft_delete: bool = True) -> Iterator[dict]:
     """Serves a GCS API (bucket `bucket` created, objects kept under `data_dir`) for the block;
-    yields the environment variables that point gcsfs and TensorStore at it."""
+    yields the environment variables that point gcsfs and TensorStore at it. `soft_delete=False`
+    deletes objects at once (the emulator keeps soft-deleted ones in one index file that it
+    rewrites at every request: long benchmarks slow down as it grows)."""
     port = _free_port()
     os.makedirs(data_dir, exist_ok=True)
     log = open(os.path.join(data_dir, "..", "gcs_emulator.log"), "w")
     server = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port), str(data_dir),
-                               bucket], stdout=log, stderr=subprocess.STDOUT)
+                               bucket, str(int(soft_delete))],
+                              stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + timeout
         while True:
@@ -55,10 +69,31 @@ def running(data_dir, bucket: str = "bigvar-test", timeout: float = 30) -> Itera
         log.close()
 
 
-def _serve(port: int, data_dir: str, bucket: str) -> None:
+def received(env: dict) -> dict:
+    """{"payload": bytes of uploaded object data, "body": bytes of request bodies} so far."""
+    with urllib.request.urlopen(env["STORAGE_EMULATOR_HOST"] + _RECEIVED, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _multipart_data(raw: bytes, content_type: str) -> bytes:
+    """The object data of a multipart upload, cut at the delimiters (the emulator's email parser
+    drops a carriage return that ends the data: gcsfs ends its lines with a bare line feed)."""
+    boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
+    eol = b"\r\n" if raw.startswith(b"--" + boundary + b"\r\n") else b"\n"
+    _, part, _ = raw.split(eol + b"--" + boundary)  # the metadata, the data, "--"
+    return part[len(eol):].partition(eol + eol)[2]
+
+
+def _serve(port: int, data_dir: str, bucket: str, soft_delete: bool = True) -> None:
+    from http import HTTPStatus
+
+    from gcp_storage_emulator import storage as emulator_storage
     from gcp_storage_emulator.handlers import objects
 
-    download = objects.download
+    if not soft_delete:
+        emulator_storage.Storage._bucket_soft_delete_retention_seconds = lambda self, bucket: 0
+
+    download, compose = objects.download, objects.compose
 
     def download_with_generation(request, response, storage, *args, **kwargs):
         download(request, response, storage, *args, **kwargs)
@@ -66,10 +101,58 @@ def _serve(port: int, data_dir: str, bucket: str) -> None:
             obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
             response["x-goog-generation"] = str(obj["generation"])
 
-    objects.download = download_with_generation  # before the server module binds its routes
-    from gcp_storage_emulator.server import create_server
-    create_server("127.0.0.1", port, False, bucket, data_dir=data_dir).run()
+    def compose_if_generation_matches(request, response, storage, *args, **kwargs):
+        expected = request.query.get("ifGenerationMatch", [None])[0]
+        if expected is not None:
+            bucket_name, object_id = request.params["bucket_name"], request.params["object_id"]
+            try:
+                generation = str(storage.get_file_obj(bucket_name, object_id)["generation"])
+            except Exception:  # no object: generation 0
+                generation = "0"
+            if generation != expected:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                return
+        compose(request, response, storage, *args, **kwargs)
+
+    # Before the server module binds its routes to the handlers.
+    objects.download, objects.compose = download_with_generation, compose_if_generation_matches
+    from gcp_storage_emulator import server
+
+    counts = {"payload": 0, "body": 0}
+    last_raw = [b""]  # (the server answers one request at a time)
+    read_raw_data, read_data = server._read_raw_data, server._read_data
+
+    def counting_read_raw_data(handler):
+        last_raw[0] = raw = read_raw_data(handler) or b""
+        counts["body"] += len(raw)
+        return raw
+
+    def counting_read_data(handler, query):
+        data = read_data(handler, query)
+        if isinstance(data, bytes):  # a media upload, or a chunk of a resumable one
+            counts["payload"] += len(data)
+        elif isinstance(data, dict) and isinstance(data.get("content"), bytes):  # multipart
+            if not handler.headers.get("Content-Encoding"):
+                data["content"] = _multipart_data(last_raw[0], handler.headers["Content-Type"])
+            counts["payload"] += len(data["content"])
+        return data
+
+    server._read_raw_data, server._read_data = counting_read_raw_data, counting_read_data
+    do_get = server.RequestHandler.do_GET
+
+    def do_get_or_counts(handler):
+        if handler.path != _RECEIVED:
+            return do_get(handler)
+        body = json.dumps(counts).encode()
+        handler.send_response(HTTPStatus.OK)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    server.RequestHandler.do_GET = do_get_or_counts
+    server.create_server("127.0.0.1", port, False, bucket, data_dir=data_dir).run()
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), sys.argv[2], sys.argv[3])
+    _serve(int(sys.argv[1]), sys.argv[2], sys.argv[3], *[bool(int(a)) for a in sys.argv[4:5]])

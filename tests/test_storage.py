@@ -107,6 +107,165 @@ def test_metrics_in_a_bucket_survive_a_resume(gcs):
     assert sum(n.startswith("events.out.tfevents") for n in storage.listdir(logdir)) == 2
 
 
+def test_files_another_process_writes_are_seen_at_once(gcs):
+    """No listings cache: the jobs poll for files that other processes write."""
+    import fsspec
+    other = fsspec.filesystem("gcs", skip_instance_cache=True, use_listings_cache=False)
+    folder = f"gs://{BUCKET}/polled"
+    other.pipe_file(f"{folder}/a", b"a")
+    assert storage.listdir(folder) == ["a"] and not storage.exists(f"{folder}/b")
+    other.pipe_file(f"{folder}/b", b"b")
+    assert storage.listdir(folder) == ["a", "b"] and storage.isfile(f"{folder}/b")
+    other.rm_file(f"{folder}/a")
+    assert storage.listdir(folder) == ["b"] and not storage.exists(f"{folder}/a")
+
+
+def test_gs_paths_never_import_tensorflow_even_where_it_is_installed(gcs, tmp_path):
+    """etils.epath picks tf.io.gfile for gs:// when TensorFlow is installed, unless told not to."""
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('TF imported')\n")
+    code = (f"import sys; from bigvar import storage; root = 'gs://{BUCKET}/no-tf'\n"
+            "storage.makedirs(root)\n"
+            "with storage.open(root + '/a.txt', 'w') as f: f.write('ü')\n"
+            "assert storage.read_text(root + '/a.txt') == 'ü' and storage.isdir(root)\n"
+            "assert storage.listdir(root) == ['a.txt']; storage.rmtree(root)\n"
+            "assert 'tensorflow' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **gcs, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _append(path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _remote(url) -> bytes:
+    return storage.filesystem(url).cat_file(url)
+
+
+def test_an_appended_file_is_mirrored_at_the_cost_of_its_new_bytes(gcs, tmp_path):
+    local, url = str(tmp_path / "log"), f"gs://{BUCKET}/mirrored/log"
+    mirror = storage.AppendMirror(local, url)
+    before = gcs_emulator.received(gcs)["payload"]
+    for i in range(30):
+        _append(local, b"%d\r" % i * (i + 1))  # (binary data: an event file's may end in "\r")
+        mirror.sync()
+        assert _remote(url) == open(local, "rb").read()
+    assert gcs_emulator.received(gcs)["payload"] - before == os.path.getsize(local)
+    assert storage.listdir(f"gs://{BUCKET}/mirrored") == ["log"]  # (no temporary left)
+
+    with open(local + ".new", "wb") as f:  # replaced by a shorter file, as truncate_after does
+        f.write(b"new\n")
+    os.replace(local + ".new", local)
+    mirror.sync()
+    assert _remote(url) == b"new\n"
+    _append(local, b"more\n")
+    mirror.sync()
+    assert _remote(url) == b"new\nmore\n"
+    with open(local, "rb+") as f:  # shortened in place
+        f.truncate(2)
+    mirror.sync()
+    assert _remote(url) == b"ne"
+
+    # Another process picks the object up and appends to it: only its new bytes go up.
+    again = storage.AppendMirror(str(tmp_path / "copy"), url)
+    assert again.pull() and open(tmp_path / "copy", "rb").read() == b"ne"
+    before = gcs_emulator.received(gcs)["payload"]
+    _append(tmp_path / "copy", b"w\n")
+    again.sync()
+    assert _remote(url) == b"new\n"
+    assert gcs_emulator.received(gcs)["payload"] - before == 2
+    assert not storage.AppendMirror(str(tmp_path / "none"), url + "-none").pull()
+
+
+def test_a_mirror_append_sent_twice_does_not_duplicate_bytes(gcs, tmp_path, monkeypatch, caplog):
+    """A retried compose (its first answer lost) fails on the generation precondition instead of
+    appending twice, and the object is uploaded whole."""
+    local, url = str(tmp_path / "log"), f"gs://{BUCKET}/retried/log"
+    mirror = storage.AppendMirror(local, url)
+    _append(local, b"first\n")
+    mirror.sync()
+    call = storage.filesystem(url).call
+
+    def sent_twice(*args, **kwargs):
+        call(*args, **kwargs)
+        return call(*args, **kwargs)
+
+    monkeypatch.setattr(storage.filesystem(url), "call", sent_twice)
+    _append(local, b"second\n")
+    mirror.sync()
+    assert _remote(url) == b"first\nsecond\n"
+    assert "uploading it whole" in caplog.text
+    _append(local, b"third\n")
+    mirror.sync()
+    assert _remote(url) == b"first\nsecond\nthird\n"
+
+
+def _files(folder) -> dict[str, bytes]:
+    """{name: bytes} of a local folder or a bucket prefix; event files named by their order."""
+    names = storage.listdir(folder)
+    events = iter(range(len(names)))
+    out = {}
+    for name in names:
+        with storage.open(f"{folder}/{name}", "rb") as f:
+            out[f"events-{next(events)}" if ".tfevents." in name else name] = f.read()
+    return out
+
+
+def test_logs_in_a_bucket_equal_a_local_logdir_byte_for_byte(gcs, tmp_path, monkeypatch):
+    """The same calls to a local and a gs:// logdir (the clock stopped, so that the bytes agree)
+    leave the same files, after a resume with `truncate_after` too."""
+    import time
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)
+    local, remote = str(tmp_path / "logs"), f"gs://{BUCKET}/same-bytes/logs"
+    image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+
+    def run(steps, truncate=None):
+        with MetricWriter(local) as a, MetricWriter(remote) as b:
+            for writer in (a, b):
+                if truncate is not None:
+                    writer.truncate_after(truncate)
+            for step in steps:
+                for writer in (a, b):
+                    writer.write_scalars(step, {"loss": 1.0 / (step + 1), "lr": step * 1e-4})
+                    if step % 5 == 0:
+                        writer.write_images(step, {"grid": image})
+                remote_jsonl = storage.read_text(f"{remote}/metrics.jsonl")
+                assert remote_jsonl == (tmp_path / "logs" / "metrics.jsonl").read_text()
+        return _files(local), _files(remote)
+
+    first_local, first_remote = run(range(12))
+    assert list(first_remote) == ["events-0", "metrics.jsonl"]
+    assert first_remote == first_local
+    resumed_local, resumed_remote = run(range(8, 15), truncate=7)  # from the checkpoint of step 7
+    assert list(resumed_remote) == ["events-0", "events-1", "metrics.jsonl"]
+    assert resumed_remote == resumed_local
+    assert [r["step"] for r in read_jsonl(remote)] == list(range(15))
+
+
+def test_logging_to_a_bucket_uploads_each_byte_about_once(gcs):
+    """100 writes upload about the logs' final size, not one whole upload per write (~50x)."""
+    logdir = f"gs://{BUCKET}/upload-bytes/logs"
+    before = gcs_emulator.received(gcs)["payload"]
+    with MetricWriter(logdir) as writer:
+        for step in range(100):
+            writer.write_scalars(step, {"loss": 1.0 / (step + 1), "lr": 1e-4, "grad_norm": 0.5})
+    uploaded = gcs_emulator.received(gcs)["payload"] - before
+    size = sum(storage.filesystem(logdir).du(logdir, total=False).values())
+    assert size > 100 * 100 and uploaded <= 2 * size, (uploaded, size)
+
+
+def test_a_line_cut_by_a_crash_is_cut_in_the_bucket_before_appending(gcs):
+    logdir = f"gs://{BUCKET}/cut-line/logs"
+    with storage.open(f"{logdir}/metrics.jsonl", "wb") as f:
+        f.write(b'{"step": 1, "time": 1.0, "x": 1.0}\n{"step": 2, "time": 2.0, "x"')
+    with MetricWriter(logdir, tensorboard=False) as writer:
+        writer.write_scalars(2, {"x": 2.0})
+        writer.write_scalars(3, {"x": 3.0})
+    assert [(r["step"], r["x"]) for r in read_jsonl(logdir)] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
 def test_an_image_folder_in_a_bucket_lists_as_a_local_one(gcs, tmp_path):
     from bigvar.data.sources import ImageFolderSource
     for name in ("b/2.png", "a/1.jpg", "a/0.PNG", "a/notes.txt", ".hidden/3.png"):

@@ -29,10 +29,10 @@ What lands in `logdir`:
 Images go to the event file only: the trainers save their grids as PNGs in `<workdir>/samples/`.
 
 Exact resume: `truncate_after(step)` rewrites `metrics.jsonl` atomically (temp file, then
-`os.replace`) without the lines of steps > `step`, so that after resuming from the checkpoint
-at `step` it equals that of an uninterrupted run. Event files are never rewritten: the
-resumed writer's new file starts with tensorboardX's `purge_step=step + 1`, a
-`SessionLog{status: START}` event at `step + 1`, after which TensorBoard's Python loaders
+`os.replace`; uploaded whole to a URL logdir) without the lines of steps > `step`, so that after
+resuming from the checkpoint at `step` it equals that of an uninterrupted run. Event files are
+never rewritten: the resumed writer's new file starts with tensorboardX's `purge_step=step + 1`,
+a `SessionLog{status: START}` event at `step + 1`, after which TensorBoard's Python loaders
 (`tensorboard --load_fast=false`, `EventAccumulator`) drop the events with step > `step` read
 from the older files. The marker is written twice, because `--load_fast=false` takes the first
 START of a run for the initial session start and ignores it (a repeated marker purges nothing
@@ -45,8 +45,11 @@ Multi-host: construct with `is_chief=(jax.process_index() == 0)`; on other hosts
 is a no-op and nothing is created on disk.
 
 `logdir` may be a URL (gs://bucket/run/logs): object stores cannot append, so the files are
-written in a local folder and uploaded whole after every write (and at `close()`); a killed
-process loses at most the write in flight.
+written in a local folder and mirrored to `logdir` after every write, `flush()` and `close()`
+(`storage.AppendMirror`): on GCS only the bytes written since the last upload are uploaded and
+composed onto the objects server-side, so a run's logs cost the bytes written, not one whole
+upload per write (other stores get whole uploads). A killed process loses at most the write in
+flight, and the event file's last second (above).
 
 `read_jsonl(path)` reads `metrics.jsonl` back (tests, notebooks, scripts); read event files
 with TensorBoard's own readers, e.g.
@@ -185,9 +188,9 @@ class MetricWriter:
         self.is_chief = bool(is_chief)
         self.tensorboard = bool(tensorboard)
         self.metrics_path = os.path.join(self.logdir, METRICS_FILE)
-        # The folder the files are written in: logdir itself, or a local one uploaded to it.
+        # The folder the files are written in: logdir itself, or a local one mirrored to it.
         self._local = self.logdir
-        self._uploaded: dict[str, tuple[int, int]] = {}  # name: (size, mtime) last uploaded
+        self._mirrors: dict[str, storage.AppendMirror] = {}  # file name: its mirror
         self._jsonl = None
         self._tb = None  # tensorboardX.SummaryWriter
         self._closed = False
@@ -195,41 +198,45 @@ class MetricWriter:
             return
         if storage.is_url(self.logdir):
             self._local = tempfile.mkdtemp(prefix="bigvar-logs-")
-            if storage.exists(self.metrics_path):
-                with storage.open(self.metrics_path, "rb") as f, open(self._metrics_file, "wb") as g:
-                    g.write(f.read())
+            self._mirror(METRICS_FILE).pull()
         os.makedirs(self._local, exist_ok=True)
-        self._drop_partial_last_line()
+        if self._drop_partial_last_line() and self._local != self.logdir:
+            self._mirror(METRICS_FILE).sync()  # cut in the bucket too, before appends follow
         self._jsonl = open(self._metrics_file, "a", encoding="utf-8")
 
     @property
     def _metrics_file(self) -> str:
         return os.path.join(self._local, METRICS_FILE)
 
+    def _mirror(self, name: str) -> storage.AppendMirror:
+        if name not in self._mirrors:
+            self._mirrors[name] = storage.AppendMirror(os.path.join(self._local, name),
+                                                       os.path.join(self.logdir, name))
+        return self._mirrors[name]
+
     def _upload(self) -> None:
-        """With a URL logdir: the local files, uploaded whole (a no-op for a local logdir)."""
+        """With a URL logdir: the local files mirrored to it (a no-op for a local logdir)."""
         if self._local == self.logdir:
             return
         if self._tb is not None:
             self._tb.flush()
-        for name in os.listdir(self._local):
-            local = os.path.join(self._local, name)
-            stat = os.stat(local)
-            if self._uploaded.get(name) != (stat.st_size, stat.st_mtime_ns):
-                storage.upload(local, os.path.join(self.logdir, name))
-                self._uploaded[name] = (stat.st_size, stat.st_mtime_ns)
+        for name in sorted(os.listdir(self._local)):
+            self._mirror(name).sync()
 
     # -- files -----------------------------------------------------------------------------
 
-    def _drop_partial_last_line(self) -> None:
-        """Cuts off a line left unterminated by a crash, or the next line would be glued to it."""
+    def _drop_partial_last_line(self) -> bool:
+        """Cuts off a line left unterminated by a crash, or the next line would be glued to it;
+        True if there was one."""
         if not os.path.exists(self._metrics_file) or os.path.getsize(self._metrics_file) == 0:
-            return
+            return False
         with open(self._metrics_file, "rb+") as f:
             f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.seek(0)
-                f.truncate(f.read().rfind(b"\n") + 1)
+            if f.read(1) == b"\n":
+                return False
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+            return True
 
     def _open_event_file(self, purge_step: int | None = None) -> None:
         from tensorboardX import SummaryWriter  # imported here to keep imports light
@@ -335,13 +342,15 @@ class MetricWriter:
         self._upload()
 
     def flush(self) -> None:
-        """Flushes what tensorboardX's thread has written so far; metrics.jsonl is flushed at
-        every write. Only `close()` waits for events still queued."""
+        """Flushes what tensorboardX's thread has written so far (and mirrors it to a URL
+        logdir); metrics.jsonl is flushed at every write. Only `close()` waits for events still
+        queued."""
         if not self._active():
             return
         self._jsonl.flush()
         if self._tb is not None:
             self._tb.flush()
+        self._upload()
 
     def close(self) -> None:
         """Writes everything and closes the files. Idempotent; writing afterwards raises."""
