@@ -2,6 +2,7 @@
 import os
 
 import chex
+import numpy as np
 import pytest
 
 from bigvar import cpu_tuning
@@ -30,3 +31,12 @@ def inception_dir(tmp_path_factory):
     config, variables = inception.convert(pth=os.path.join(FIXTURES, "eval", "pt_inception.pth"))
     weights.save_weights(out, variables, config)
     return out
+
+
+def perturbed(params, scale: float, seed: int = 0):
+    """`params` plus `scale` × standard normal noise (drawn with NumPy: one jax.random call per
+    leaf would compile a kernel for every distinct shape, seconds each): weights away from the
+    near-identity init, so that samplers' probabilities are informative."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map(
+        lambda a: a + np.asarray(scale * rng.standard_normal(a.shape), a.dtype), params)

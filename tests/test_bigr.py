@@ -21,7 +21,7 @@ from bigvar.models.bigr import BiGR, features
 from bigvar.sampling import bigr as sb
 from bigvar.tokenizers.bae import BinaryAutoEncoder
 
-from conftest import FIXTURES
+from conftest import FIXTURES, perturbed
 
 BIGR_FIXTURES = os.path.join(FIXTURES, "bigr")
 VARIANTS = {"k24": ("bae_tiny_256_k24", "bigr_tiny_k24"), "k32_512": ("bae_tiny_512_k32", "bigr_tiny_k32_512")}
@@ -170,7 +170,7 @@ def tiny():
     model, bae = models.build(config)
     params, bae_params = init_params(model, bae, 0)
     # Random weights away from the zero-ish init so that probabilities are informative.
-    params = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), params)
+    params = perturbed(params, 0.1)
     return model, bae, params, bae_params
 
 
@@ -199,6 +199,7 @@ def test_every_token_is_sampled_exactly_once_and_sharding_changes_nothing(tiny):
     assert not np.array_equal(one.generate(labels, seed=4).tokens, full.tokens)
 
 
+@pytest.mark.slow
 def test_transcoding_only_hidden_tokens_changes_nothing(tiny):
     model, bae, params, _ = tiny
     settings = sb.BiGRSamplingSettings(num_iter=6, transcoder_steps=3, cfg=2.0, gumbel=0.3)
@@ -216,6 +217,7 @@ def test_transcoding_only_hidden_tokens_changes_nothing(tiny):
     np.testing.assert_array_equal(full[1], segmented[1])
 
 
+@pytest.mark.slow
 def test_guidance_at_most_one_is_handled(tiny):
     for cfg in (1.0, 0.5, 0.0):
         out = sampler_for(tiny, cfg=cfg, cfg_schedule="linear" if cfg == 0.5 else "constant").generate([1, 2])
@@ -246,6 +248,7 @@ def test_inpainting_keeps_known_tokens_and_flags_the_official_budget(tiny):
         sampler.edit(np.zeros((1, 32, 32, 3), np.uint8), np.ones((16, 16)))
 
 
+@pytest.mark.slow
 def test_enrichment_regenerates_every_token_once_per_round(tiny):
     sampler = sampler_for(tiny, num_iter=3)
     low = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)  # half size
@@ -257,6 +260,7 @@ def test_enrichment_regenerates_every_token_once_per_round(tiny):
         sampler.enrich(low, downsample_rate=3)
 
 
+@pytest.mark.slow
 def test_interpolation_and_features(tiny):
     sampler = sampler_for(tiny)
     out = sampler.interpolate(1, 2, [0.0, 0.5, 1.0], seed=0)
@@ -339,6 +343,7 @@ def test_duplicate_transcoder_must_match():
         convert_bigr.convert_state_dicts(misshaped, bae_sd)
 
 
+@pytest.mark.slow
 def test_sample_mode_for_bigr(tmp_path):
     import importlib.util
     from bigvar import main

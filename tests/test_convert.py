@@ -25,6 +25,7 @@ def state_dicts():
     return torch_pickle.load(VAR_PTH), torch_pickle.load(VAE_PTH)
 
 
+@pytest.mark.slow
 def test_cli_converts_and_main_samples_from_it(tmp_path):
     out = tmp_path / "ckpt"
     assert convert_cli.main(["var", f"--vae={VAE_PTH}", f"--var={VAR_PTH}", f"--out={out}"]) == 0

@@ -63,6 +63,7 @@ def test_quick_bigr_demo_runs_end_to_end(tmp_path):
     check_outputs(tmp_path, result.stdout, "bae")
 
 
+@pytest.mark.slow
 def test_judge_frechet_distance_ranks_image_sets():
     """The demo's quality figure: Fréchet distance in the judge's feature space. Near 0 for two
     real sets, larger for images of the wrong colours, None for too few images."""

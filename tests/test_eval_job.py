@@ -39,6 +39,7 @@ def eval_config(inception_dir, ref, samples, **eval_fields):
     return config
 
 
+@pytest.mark.slow
 def test_eval_writes_metrics_and_resumes(inception_dir, data, tmp_path, capsys):
     ref, samples = data
     workdir = str(tmp_path / "w")
@@ -134,6 +135,7 @@ def test_bad_inputs_are_clear_errors(inception_dir, data, tmp_path):
             main.run(config, str(d / "w"))
 
 
+@pytest.mark.slow
 def test_reference_builder_is_computed_once(inception_dir, tmp_path):
     data = config_lib.load_config_file("var_tiny.py").data
     data.update(source="procedural", num_records=40)

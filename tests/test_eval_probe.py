@@ -41,6 +41,7 @@ def test_features_are_the_pooled_residual_stream_on_any_device_count():
     np.testing.assert_allclose(a[:2], np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_probe_learns_and_resumes(tmp_path, capsys):
     summary = main.run(tiny(), str(tmp_path))
     result = json.load(open(tmp_path / "probe" / "result.json"))

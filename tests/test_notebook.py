@@ -13,6 +13,7 @@ import pytest
 from bigvar import models, notebook, weights
 
 
+@pytest.mark.slow
 def test_offline_models_are_weights_directories_of_tiny_random_models(tmp_path, monkeypatch):
     monkeypatch.setenv(notebook.OFFLINE_ENV, "1")
     assert notebook.offline()

@@ -16,12 +16,14 @@ from bigvar.errors import UserError
 from bigvar.sampling.edit import box_mask, scale_keep_masks
 from bigvar.sampling.var import EditGuide, SamplingSettings, VARSampler, filter_top_k_top_p, sample
 
-from conftest import FIXTURES
+from conftest import FIXTURES, perturbed
 
 VAR_FIXTURES = os.path.join(FIXTURES, "var")
 
 
-@pytest.fixture(scope="module", params=["d2_256", "d3_512_saln"])
+# The 512-px shared-AdaLN model's sampler tests are end-to-end tier (its teacher-forced logits
+# stay in the fast tier: tests/test_var_parity.py).
+@pytest.fixture(scope="module", params=["d2_256", pytest.param("d3_512_saln", marks=pytest.mark.slow)])
 def converted(request):
     config, params = convert_var.convert(os.path.join(VAR_FIXTURES, "vqvae_tiny.pth"),
                                          os.path.join(VAR_FIXTURES, f"var_{request.param}.pth"))
@@ -105,8 +107,7 @@ def tiny():
     var, vae = models.build(config)
     var_params, vae_params = init_params(var, vae, 0)
     # Non-trivial weights: the random init makes every block almost the identity.
-    var_params = jax.tree_util.tree_map(
-        lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), var_params)
+    var_params = perturbed(var_params, 0.2)
     return var, vae, var_params, vae_params
 
 

@@ -61,6 +61,7 @@ def run_steps(config, mesh_spec, steps=2):
     return jax.device_get(state), history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["vqvae", "bae"])
 def test_a_step_on_eight_devices_equals_one_device(model):
     """Generator and discriminator updates, the adaptive weight, BatchNorm statistics over the
@@ -93,6 +94,7 @@ def test_a_step_on_eight_devices_equals_one_device(model):
     assert int(eight["step"]) == 1
 
 
+@pytest.mark.slow
 def test_adaptive_weight_equals_the_two_gradient_definition():
     """λ = ‖∇_W L_rec‖ / (‖∇_W L_G‖ + 1e-4) at the last decoder conv W, computed here with two
     full jax.grad calls; the trainer gets it from one vjp (and lets XLA drop the rest)."""
@@ -113,8 +115,8 @@ def test_adaptive_weight_equals_the_two_gradient_definition():
         logits, _ = trainer.disc_logits(state["disc"], rec_of(p), train=True)
         return disc_lib.generator_adv_loss(logits)
 
-    g_rec = tok_lib.last_layer("vqvae", jax.grad(l_rec)(state["params"]))
-    g_adv = tok_lib.last_layer("vqvae", jax.grad(l_adv)(state["params"]))
+    g_rec = tok_lib.last_layer("vqvae", jax.jit(jax.grad(l_rec))(state["params"]))
+    g_adv = tok_lib.last_layer("vqvae", jax.jit(jax.grad(l_adv))(state["params"]))
     expected = np.linalg.norm(g_rec) / (np.linalg.norm(g_adv) + 1e-4) * config.loss.gan
     _, metrics = jax.jit(lambda s, b: trainer.train_step(s, b, trainer.frozen, adversarial=True))(
         state, batch)
@@ -195,6 +197,7 @@ def test_tiny_vqvae_learns_the_procedural_images(tmp_path):
     assert os.path.exists(tmp_path / "samples" / "reconstructions_00000150.png")
 
 
+@pytest.mark.slow
 def test_lpips_term_from_a_converted_weights_dir_enters_the_loss(tmp_path):
     """LPIPS weights converted from .pth files (the committed random-weight fixtures) → the
     trainer adds `lpips`·LPIPS(rec, x) (x mapped to [−1, 1]) to the loss."""

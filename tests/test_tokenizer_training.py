@@ -11,6 +11,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from conftest import FIXTURES
+from bigvar import models
 from bigvar.convert import torch_pickle
 from bigvar.convert import var as convert_var
 from bigvar.convert.common import convert_conv_net
@@ -43,8 +44,9 @@ def _loss(vae, params, img, beta):
 def test_training_forward_and_gradients_equal_the_official_step(official_step):
     vae, params, fx = official_step
     img = jnp.asarray(fx["img"])
-    (loss, (rec, vq_loss, mse, hits)), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(
-        vae, params, img, float(fx["beta"]))
+    beta = float(fx["beta"])  # (one compiled program: run eagerly, every op compiles on its own)
+    (loss, (rec, vq_loss, mse, hits)), grads = jax.jit(
+        jax.value_and_grad(lambda p, x: _loss(vae, p, x, beta), has_aux=True))(params, img)
     assert _rel(rec, fx["rec"]) < 1e-5
     np.testing.assert_allclose(float(vq_loss), float(fx["vq_loss"]), rtol=1e-5)
     np.testing.assert_allclose(float(mse), float(fx["mse"]), rtol=1e-5)
@@ -66,11 +68,12 @@ def test_vq_loss_and_straight_through_gradient_by_hand():
     vae = MultiScaleVQVAE(vocab_size=4, z_channels=3, ch=32, patch_nums=(2,), quant_resi=0.0,
                           share_quant_resi=1)
     f = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 2, 3))
-    params = vae.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))
+    params = models.run_init(lambda key: vae.init(key, jnp.zeros((1, 16, 16, 3))), jax.random.PRNGKey(1))
     codebook = jax.random.normal(jax.random.PRNGKey(2), (4, 3))
     params = jax.tree_util.tree_map(lambda x: x, params)
     params["params"]["quantize"]["embedding"] = codebook
 
+    @jax.jit
     def quantize(p, f):
         return vae.apply(p, f, spec, 0.25, method=lambda m, f, s, b: m.quantize.training_forward(f, s, b))
 

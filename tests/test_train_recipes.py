@@ -2,6 +2,7 @@
 (tests/fixtures/make_train_fixtures.py): no-decay groups, lr/wd schedules, progressive-training
 stages and ramps, the VAR cross-entropy and metrics, BiGR's masked weighted BCE; plus the
 official initialisation and stochastic depth."""
+import functools
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from conftest import FIXTURES
+from bigvar import models
 from bigvar.convert.bigr import BIGR_NAMES
 from bigvar.convert.var import VAR_NAMES
 from bigvar.models.bigr import BiGR
@@ -39,7 +41,15 @@ def _tiny_var(cfg, **kw):
 def _var_params(model):
     labels = jnp.zeros((1,), jnp.int32)
     x_in = jnp.zeros((1, model.seq_len - model.first_l, model.cvae))
-    return unbox(model.init(jax.random.PRNGKey(0), labels, x_in))
+    # Compiled as one program (as the trainers do): run eagerly, every op compiles on its own.
+    return unbox(models.run_init(lambda key: model.init(key, labels, x_in), jax.random.PRNGKey(0)))
+
+
+def _bigr_params(model):
+    n, k = model.seq_len, model.binary_size
+    args = (jnp.zeros((1, n, k)), jnp.zeros((1, n), bool), jnp.zeros((1,), jnp.int32),
+            jnp.zeros((1, n, k)), jnp.zeros((1, n), jnp.int32))
+    return unbox(models.run_init(lambda key: model.init(key, *args), jax.random.PRNGKey(0)))
 
 
 def _groups(params, names, model_name, layer_prefix):
@@ -71,9 +81,7 @@ def test_bigr_no_decay_groups_are_the_official_lists():
                  n_layer=c["n_layer"], n_head=c["n_head"], seq_len=c["seq_len"],
                  denoise_hidden=c["denoise_hidden_dim"], num_block_mlp=c["num_block_mlp"])
     n, k = model.seq_len, model.binary_size
-    params = unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, n, k)), jnp.zeros((1, n), bool),
-                              jnp.zeros((1,), jnp.int32), jnp.zeros((1, n, k)),
-                              jnp.zeros((1, n), jnp.int32)))
+    params = _bigr_params(model)
     decay, no_decay = _groups(params, BIGR_NAMES, "bigr", "layers")
     assert decay == _official(fx["decay"], "layers")
     assert no_decay == _official(fx["no_decay"], "layers")
@@ -182,8 +190,9 @@ def test_var_official_init_follows_the_spec():
     cfg = _load("var_param_groups.json")["variants"]["var_d2"]["config"]
     model = _tiny_var(cfg)
     c, depth = model.embed_dim, model.depth
-    params = var_official_init(_var_params(model), jax.random.PRNGKey(1), depth=depth, embed_dim=c,
-                               init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02)
+    params = jax.jit(functools.partial(var_official_init, depth=depth, embed_dim=c, init_adaln=0.5,
+                                       init_adaln_gamma=1e-5, init_head=0.02))(
+        _var_params(model), jax.random.PRNGKey(1))
     p = params["params"]
     std = math.sqrt(1 / (3 * c))
     np.testing.assert_allclose(np.std(p["blocks"]["ffn"]["fc1"]["kernel"]), std, rtol=0.05)
@@ -199,8 +208,8 @@ def test_var_official_init_follows_the_spec():
             assert not np.any(np.asarray(leaf)), leaf_path
 
     shared = _tiny_var(dict(cfg, shared_aln=True))
-    sp = var_official_init(_var_params(shared), jax.random.PRNGKey(1), depth=depth, embed_dim=c,
-                           init_adaln=0.5, init_adaln_gamma=1e-5)["params"]
+    sp = jax.jit(functools.partial(var_official_init, depth=depth, embed_dim=c, init_adaln=0.5,
+                                   init_adaln_gamma=1e-5))(_var_params(shared), jax.random.PRNGKey(1))["params"]
     gss = np.asarray(sp["blocks"]["ada_gss"])  # (depth, 1, 1, 6, C)
     np.testing.assert_allclose(np.std(gss[..., :2, :]), 1e-5 / math.sqrt(c), rtol=0.1)
     np.testing.assert_allclose(np.std(gss[..., 2:, :]), 0.5 / math.sqrt(c), rtol=0.1)
@@ -210,10 +219,8 @@ def test_bigr_official_init_zeroes_the_adaln_and_transcoder_output():
     model = BiGR(binary_size=8, num_classes=10, dim=64, n_layer=2, n_head=2, seq_len=16,
                  denoise_hidden=64, num_block_mlp=2)
     n, k = 16, 8
-    params = unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, n, k)), jnp.zeros((1, n), bool),
-                              jnp.zeros((1,), jnp.int32), jnp.zeros((1, n, k)),
-                              jnp.zeros((1, n), jnp.int32)))
-    p = bigr_official_init(params, jax.random.PRNGKey(0))["params"]
+    params = _bigr_params(model)
+    p = jax.jit(bigr_official_init)(params, jax.random.PRNGKey(0))["params"]
     d = p["denoise_mlp"]
     zero = [p["adaLN"]["kernel"], d["final_layer"]["linear"]["kernel"],
             d["final_layer"]["adaLN_modulation"]["kernel"], d["blocks_0"]["adaLN_modulation"]["kernel"],

@@ -350,6 +350,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(sig, targe
     assert 1000 < int(stops[0][0].split()[-1]) < 4000, stops
 
 
+@pytest.mark.slow
 def test_progressive_training_steps_a_cropped_sequence_with_the_ramped_weight():
     """With pg > 0 the early stages train a shorter sequence (their own compiled step) and the
     schedule switches to lin{pg}; the full stage logs Lt/Acct again."""
