@@ -33,9 +33,8 @@ import re
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 
-from bigvar import config_lib
+from bigvar import config_lib, console
 from bigvar.errors import PREEMPTED_EXIT_STATUS, Preempted, UserError, invalid
 
 _CONFIG = config_lib.define_config_flag("config")
@@ -114,21 +113,11 @@ def default_workdir(config_argument: str) -> str:
     return os.path.join("runs", f"{name}-{arg}" if arg else name)
 
 
-class _QuietLibraries(logging.Filter):
-    """Keeps the libraries' warnings and drops their INFO chatter: orbax narrates every
-    checkpoint step, and JAX reports each backend it probed and did not find (libtpu, the IFRT
-    proxy) on every start on a CPU or GPU."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not (
-            "orbax" in record.pathname or record.pathname.endswith("xla_bridge.py"))
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger().setLevel(logging.INFO)
-    absl_logging.get_absl_handler().addFilter(_QuietLibraries())  # what every logger prints through
+    console.quiet_library_logs()
     preempted = None
     try:
         if _MULTIHOST.value:

@@ -23,7 +23,7 @@ import time
 
 from absl import app, flags
 
-from bigvar import config_lib
+from bigvar import config_lib, console
 
 _CONFIG = config_lib.define_config_flag("config")
 _DEVICES = flags.DEFINE_integer("devices", 8, "Number of devices to plan for (faked on the CPU).")
@@ -88,6 +88,7 @@ def plan(config, num_devices: int, global_batch: int = 0) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    console.quiet_library_logs()
     config = _CONFIG.value
     if _SAMPLE.value:
         return plan_sampling(config, _MEMORY_GIB.value)

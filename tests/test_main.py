@@ -89,3 +89,17 @@ def test_released_configs_are_valid_and_match_the_spec():
         assert sum(x.size for x in jax.tree_util.tree_leaves(shapes[0])) == want
         if depth == 16:
             assert sum(x.size for x in jax.tree_util.tree_leaves(shapes[1])) == 108_948_355
+
+
+@pytest.mark.parametrize("command", [
+    ["bigvar.plan", "--config=configs/var_tiny.py", "--devices=1", "--batch=2"],
+    ["bigvar.main", "--config=configs/var_tiny.py", "--config.mode=serve"],  # refused: exit 2
+])
+def test_the_clis_do_not_print_jaxs_backend_probing(command):
+    """Without JAX_PLATFORMS, JAX probes libtpu and the IFRT proxy on every start and logs each
+    failure at INFO: noise on a CPU or GPU machine, kept out of what the user sees."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode in (0, 2), result.stderr[-3000:]
+    assert "Unable to initialize backend" not in result.stderr, result.stderr[-3000:]

@@ -1,0 +1,22 @@
+"""What the command-line entry points (`python -m bigvar.main`, `python -m bigvar.plan`) print
+besides their own output: the libraries' warnings, not their start-up chatter."""
+import logging
+
+from absl import logging as absl_logging
+
+
+class QuietLibraries(logging.Filter):
+    """Keeps the libraries' warnings and drops their INFO chatter: orbax narrates every
+    checkpoint step, and JAX reports each backend it probed and did not find (libtpu, the IFRT
+    proxy) on every start on a CPU or GPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not (
+            "orbax" in record.pathname or record.pathname.endswith("xla_bridge.py"))
+
+
+def quiet_library_logs() -> None:
+    """Filters absl's handler, the one every logger prints through under `absl.app.run`."""
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+        handler.addFilter(QuietLibraries())
