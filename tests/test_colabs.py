@@ -152,6 +152,7 @@ def _run_install_cell(monkeypatch, *, bigvar=False, environ=(), devices=(), nvid
     """Executes the install cell as Colab would, in the given environment; returns the pip
     command it ran (None when it ran none) and its namespace."""
     versions, commands = dict(versions), []
+    source = _install_cell()  # before importlib is faked: reading it imports jupytext, nbformat
 
     def version(name):
         if name not in versions:
@@ -167,7 +168,7 @@ def _run_install_cell(monkeypatch, *, bigvar=False, environ=(), devices=(), nvid
     monkeypatch.setattr(os, "environ", dict(environ))
     monkeypatch.setattr(subprocess, "run", lambda command, check: commands.append(command))
     namespace = {}
-    exec(compile(_install_cell(), "install cell", "exec"), namespace)
+    exec(compile(source, "install cell", "exec"), namespace)
     assert len(commands) <= 1
     return (commands[0] if commands else None), namespace
 
