@@ -36,6 +36,12 @@ ARCH_FIELDS = {  # per model config section: the fields that must match the stor
 }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yields a temporary directory that becomes `out_dir` only if the block succeeds. With
@@ -43,14 +49,23 @@ def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     out_dir = storage.absolute(out_dir)
 
     def make_temporary() -> str:
-        if storage.isdir(out_dir) and storage.listdir(out_dir) and not overwrite:
+        entries = set(storage.listdir(out_dir)) if storage.isdir(out_dir) else set()
+        if entries and not overwrite:
             raise UserError(f"{out_dir} exists and is not empty; choose another --out or pass "
                             "--overwrite")
+        # --overwrite replaces weights bigvar wrote, never a folder with anything else in it
+        # (the checkpoint being converted, the user's notes).
+        if entries and not (CONFIG in entries and entries <= {CONFIG, PARAMS}):
+            others = ", ".join(sorted(entries - {CONFIG, PARAMS})) or f"no {CONFIG}"
+            raise UserError(f"{out_dir} is not a weights folder bigvar wrote ({others}); "
+                            "--overwrite replaces only those: choose another --out")
         parent, prefix = os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.partial-"
         if storage.is_url(out_dir):  # (a prefix in a bucket: nothing to create)
             return os.path.join(parent, prefix + uuid.uuid4().hex[:12])
         os.makedirs(parent, exist_ok=True)
-        return tempfile.mkdtemp(prefix=prefix, dir=parent)
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700, as os.makedirs would have made it
+        return tmp
     tmp = multihost.chief_decides(make_temporary)
     try:
         yield tmp

@@ -146,6 +146,35 @@ def test_cli_failures_leave_nothing_behind(tmp_path, capsys):
     assert os.listdir(out) == ["keep.txt"]
 
 
+def test_overwrite_replaces_only_weights_bigvar_wrote(tmp_path, capsys):
+    """`--overwrite` into the folder of the checkpoints being converted (or a parent of it, or
+    one with the user's files) is refused and deletes nothing; bigvar's own output is replaced."""
+    import shutil
+    import stat
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    vae, var = shutil.copy(VAE_PTH, folder / "vqvae.pth"), shutil.copy(VAR_PTH, folder / "var.pth")
+    (folder / "notes.txt").write_text("mine")
+    before = sorted(os.listdir(folder))
+    for out in (folder, tmp_path):
+        assert convert_cli.main(["var", f"--vae={vae}", f"--var={var}", f"--out={out}",
+                                 "--overwrite"]) == 2
+        assert "not a weights folder bigvar wrote" in capsys.readouterr().err
+        assert sorted(os.listdir(folder)) == before and sorted(os.listdir(tmp_path)) == ["downloads"]
+
+    ckpt = tmp_path / "ckpt"
+    args = ["var", f"--vae={vae}", f"--var={var}", f"--out={ckpt}"]
+    assert convert_cli.main(args) == 0
+    assert convert_cli.main(args + ["--overwrite"]) == 0  # its own output: replaced
+    assert sorted(os.listdir(ckpt)) == ["config.json", "params"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(ckpt).st_mode) == 0o777 & ~umask  # as mkdir makes it, not 0700
+    (ckpt / "notes.txt").write_text("mine")  # … until the user keeps something there
+    assert convert_cli.main(args + ["--overwrite"]) == 2
+    assert "notes.txt" in capsys.readouterr().err and (ckpt / "notes.txt").exists()
+
+
 def test_crafted_pickle_is_refused_by_the_converter(tmp_path):
     import pickle
     import zipfile
