@@ -10,6 +10,7 @@ see `bigvar.models.build`), and `sample`, `train`, `data` (`bigvar.data.data_sec
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import runpy
 
@@ -209,6 +210,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     if config.mode not in MODES:
         invalid("mode", config.mode, f"one of {MODES}")
+    _check_finite(config)
     if config.model in TOKENIZERS:
         return _validate_tokenizer_job(config)
     if config.model == "var":
@@ -235,6 +237,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.mode == "train":
         loop.validate_train_section(config, num_classes)
     return config
+
+
+def _check_finite(value, field: str = "") -> None:
+    """No setting means anything as NaN or ±inf (`--config.sample.cfg=nan` would run): every float
+    in the config, at any depth, is finite."""
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+        for key, item in value.items():
+            _check_finite(item, f"{field}.{key}" if field else key)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, float) and not math.isfinite(item):
+                invalid(field, tuple(value), "finite numbers")
+    elif isinstance(value, float) and not math.isfinite(value):
+        invalid(field, value, "a finite number")
 
 
 def _validate_tokenizer_job(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

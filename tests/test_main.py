@@ -52,6 +52,14 @@ def test_cli_sample_writes_grid_pngs_and_npz(tmp_path):
     ("var.num_heads", 3, r"a divisor of var.embed_dim=128"),
     ("mode", "serve", r"config.mode = 'serve' is invalid"),
     ("var.attn_impl", "cudnn", r"cuDNN attention needs --config.var.dtype=bfloat16"),
+    # Values that mean nothing: refused, not used (cfg=nan changed a quarter of the tokens, class
+    # 1.5 sampled class 1, memory_gib=inf failed deep inside with a NaN conversion).
+    ("sample.cfg", float("nan"), r"sample.cfg = nan is invalid: expected a finite number"),
+    ("sample.top_p", float("inf"), r"sample.top_p = inf is invalid: expected a finite number"),
+    ("sample.memory_gib", float("inf"), r"sample.memory_gib = inf is invalid"),
+    ("train.lr", float("-inf"), r"train.lr = -inf is invalid"),
+    ("sample.classes", (1.5,), r"sample.classes = \(1.5,\) is invalid: expected a tuple of integer"),
+    ("sample.classes", (2.9, 3), r"sample.classes = \(2.9, 3\) is invalid"),
 ])
 def test_bad_config_values_are_clear_errors(field, value, message, tmp_path):
     config = tiny_config()
@@ -103,3 +111,12 @@ def test_the_clis_do_not_print_jaxs_backend_probing(command):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode in (0, 2), result.stderr[-3000:]
     assert "Unable to initialize backend" not in result.stderr, result.stderr[-3000:]
+
+
+def test_class_ids_that_are_not_numbers_are_one_line_on_the_cli(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bigvar.main", "--config=configs/var_tiny.py",
+                             f"--workdir={tmp_path / 'run'}", "--config.sample.classes=abc"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "config.sample.classes = " in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import numbers
 import os
 import time
 
@@ -42,6 +43,10 @@ JOB_FILE = "job.json"
 
 def validate_sample_section(sample: ml_collections.ConfigDict, num_classes: int) -> None:
     """The job's fields of `config.sample` (the sampler's settings check themselves)."""
+    ids = sample.classes
+    if isinstance(ids, str) or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
+                                       for c in ids):
+        invalid("sample.classes", ids, "a tuple of integer class ids, e.g. '(207, 360)'")
     bad = [c for c in sample.classes if not 0 <= c < num_classes]
     if bad:
         invalid("sample.classes", tuple(sample.classes),
