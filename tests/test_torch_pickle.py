@@ -956,3 +956,38 @@ def test_truncated_legacy_files(tmp_path) -> None:
     path.write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")
     with pytest.raises(CheckpointError, match="ends inside its protocol version"):
         torch_pickle.load(path)
+
+
+# --- a zip bomb: refused from the declared sizes, before anything is decompressed -------------
+
+
+def _bomb(source: str, dest, record: str, inflated_mib: int) -> None:
+    """`source` with `record` replaced by `inflated_mib` MiB of zeros, deflated (~1000:1)."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(dest, "w") as dst:
+        prefix = src.namelist()[0].split("/")[0]
+        for info in src.infolist():
+            if info.filename != f"{prefix}/{record}":
+                dst.writestr(info.filename, src.read(info))
+                continue
+            bomb = zipfile.ZipInfo(info.filename)
+            bomb.compress_type = zipfile.ZIP_DEFLATED
+            with dst.open(bomb, "w", force_zip64=True) as out:
+                zero = bytes(1 << 20)
+                for _ in range(inflated_mib):
+                    out.write(zero)
+
+
+@pytest.mark.parametrize("record", ["data.pkl", "data/0"])
+def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path, record) -> None:
+    path = tmp_path / "bomb.pth"
+    _bomb(fixture("tensors.pth"), path, record, inflated_mib=768)
+    assert path.stat().st_size < 2 << 20
+    # In a process of its own, to measure its peak memory: the refusal reads nothing big.
+    code = ("import resource, sys\nfrom bigvar.convert import torch_pickle\n"
+            "try:\n    torch_pickle.load(sys.argv[1])\nexcept torch_pickle.CheckpointError as e:\n"
+            "    print(e)\n"
+            "print('peak MiB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, timeout=300, check=True)
+    assert "a zip bomb?" in result.stdout, result.stdout + result.stderr
+    assert int(result.stdout.split("peak MiB")[1]) < 400, result.stdout  # the bomb is 768 MiB

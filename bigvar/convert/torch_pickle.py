@@ -379,9 +379,15 @@ class _Archive:
     """The checkpoint's zip container; storages are read straight into writable buffers."""
 
     _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+    # What compressed records may inflate to, in all: torch writes its records uncompressed, and
+    # weights or a pickle deflate far less than 4:1, so more is a zip bomb (a 1.5 MB file whose
+    # data.pkl inflates to 1.5 GiB), refused from the sizes the archive declares before reading.
+    _INFLATE_RATIO, _INFLATE_FLOOR = 4, 64 << 20
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._file = open(path, "rb")
+        self._inflate_budget = max(self._INFLATE_FLOOR,
+                                   self._INFLATE_RATIO * os.fstat(self._file.fileno()).st_size)
         try:
             self._zip = zipfile.ZipFile(self._file)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
@@ -413,9 +419,23 @@ class _Archive:
             raise CheckpointError("it was saved on a big-endian machine, which is not supported")
         return self._record("data.pkl", required=True)
 
+    def _inflate(self, info: zipfile.ZipInfo, nbytes: int) -> bytes:
+        """The first `nbytes` of a record, decompressed within the archive's budget (zipfile
+        itself stops at the declared size, so a record that lies about it fails its CRC)."""
+        if info.compress_type != zipfile.ZIP_STORED:
+            if info.file_size > self._inflate_budget:
+                raise CheckpointError(
+                    f"record {info.filename!r} declares {info.file_size} bytes compressed into "
+                    f"{info.compress_size}: more than a checkpoint of this size can hold (a zip "
+                    "bomb?); refused before decompressing")
+            self._inflate_budget -= info.file_size
+        with self._zip.open(info) as record:
+            return record.read(nbytes)
+
     def _record(self, name: str, required: bool) -> bytes | None:
         try:
-            return self._zip.read(f"{self.prefix}/{name}")
+            info = self._zip.getinfo(f"{self.prefix}/{name}")
+            return self._inflate(info, info.file_size)
         except KeyError:
             if required:
                 raise CheckpointError(
@@ -445,7 +465,7 @@ class _Archive:
             buffer = self._read_stored(info)
         else:
             try:
-                buffer = bytearray(self._zip.read(info))
+                buffer = bytearray(self._inflate(info, nbytes))
             except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as e:
                 raise CheckpointError(f"storage record {name!r} is unreadable ({e})") from e
         return memoryview(buffer)[:nbytes]
