@@ -60,6 +60,13 @@ def _member(path: str, key: str) -> Iterator[tuple[object, tuple[int, ...], np.d
             shape, fortran, dtype = read_header(f)
             if fortran:
                 raise ValueError(f"{path}: {key} is stored in Fortran order; re-save it with np.savez")
+            if dtype.hasobject:
+                raise ValueError(f"{path}: {key} holds Python objects ({dtype}), not numbers")
+            declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            held = zf.getinfo(name).file_size - f.tell()
+            if held < declared:
+                raise ValueError(f"{path}: {key}'s header declares {shape} {dtype} ({declared} "
+                                 f"bytes) but the file holds {held}: it is truncated")
             yield f, shape, dtype
 
 

@@ -2,8 +2,10 @@
 resume without recomputing finished feature batches, the reference's precomputed statistics,
 bad inputs as clear errors, the reference builder. (The CLI that samples, then evaluates, runs
 in tests/test_multihost.py, as 1 process and as 2.)"""
+import io
 import json
 import os
+import zipfile
 
 import jax
 import numpy as np
@@ -104,8 +106,8 @@ def test_reference_with_precomputed_statistics(data):
     pool, spatial, precomputed = job.reference_statistics(path, {})
     assert precomputed and np.array_equal(pool.mu, mu) and np.array_equal(spatial.mu, mu_s)
     np.savez(path, arr_0=images, mu=mu, sigma=np.eye(2048))
-    with pytest.raises(UserError, match=r"has mu but not \['mu_s', 'sigma_s'\]"):
-        job.reference_statistics(path, {})
+    with pytest.raises(UserError, match=r"has \['mu', 'sigma'\] but not \['mu_s', 'sigma_s'\]"):
+        job.check_reference_statistics(path)
 
 
 def test_bad_inputs_are_clear_errors(inception_dir, data, tmp_path):
@@ -128,11 +130,57 @@ def test_bad_inputs_are_clear_errors(inception_dir, data, tmp_path):
         (dict(reference=str(d / "missing.npz")), r"--config.eval.reference=.*missing.npz does not exist"),
         (dict(preprocessing="tf2"), r"eval.preprocessing = 'tf2' is invalid"),
     ]
+    # Damaged or hostile files, each refused before any feature is computed (they were
+    # tracebacks, the reference's only after all the features).
+    (d / "text.npz").write_bytes(b"not a zip at all")
+    whole = (d / "three.npz").read_bytes()
+    (d / "half.npz").write_bytes(whole[:len(whole) // 2])
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (40, 32, 32, 3)})
+    with zipfile.ZipFile(d / "short.npz", "w") as z:  # a header claiming more rows than held
+        z.writestr("arr_0.npy", header.getvalue() + smooth_images(0, 4).tobytes())
+    np.savez(d / "empty_images.npz", arr_0=np.zeros((4, 0, 0, 3), np.uint8))
+    images = smooth_images(0, 14)
+    stats = dict(sigma=np.eye(2048), mu_s=np.zeros(2023), sigma_s=np.eye(2023))
+    np.savez(d / "mu_text.npz", arr_0=images, mu=np.array(["x"] * 2048), **stats)
+    np.savez(d / "mu_object.npz", arr_0=images, mu=np.array([None] * 2048, object), **stats)
+    np.savez(d / "mu_small.npz", arr_0=images, mu=np.zeros(64), **stats)
+    np.savez(d / "mu_nan.npz", arr_0=images, mu=np.full(2048, np.nan), **stats)
+    cases += [
+        (dict(samples=str(d / "text.npz")), r"samples .*text.npz is not a readable .npz"),
+        (dict(samples=str(d / "half.npz")), r"samples .*half.npz is not a readable .npz"),
+        (dict(samples=str(d / "short.npz")), r"declares \(40, 32, 32, 3\) uint8 .* it is truncated"),
+        (dict(samples=str(d / "empty_images.npz")), r"arr_0 is uint8 \(4, 0, 0, 3\)"),
+        (dict(reference=str(d / "mu_text.npz")), r"mu is <U1 \(2048,\); .* floats of shape \(2048,\)"),
+        (dict(reference=str(d / "mu_object.npz")), r"mu does not load .*holds Python objects"),
+        (dict(reference=str(d / "mu_small.npz")), r"mu is float64 \(64,\); .* another network's"),
+        (dict(reference=str(d / "mu_nan.npz")), r"mu has NaN or infinite values"),
+    ]
     for fields, message in cases:
         config = eval_config(inception_dir, ref, samples)
         config.eval.update(**fields)
         with pytest.raises(ValueError, match=message):
             main.run(config, str(d / "w"))
+        assert not (d / "w" / "eval" / "features").exists(), fields
+
+
+@pytest.mark.slow
+def test_nan_features_are_an_error_not_a_metric(inception_dir, data, tmp_path):
+    """A damaged feature part whose key still matches (NaN features) made inception_score NaN
+    (metrics.json then not JSON) and precision 0.27; it is an error naming the cache."""
+    ref, samples = data
+    config = eval_config(inception_dir, ref, samples, precision_recall=False)
+    main.run(config, str(tmp_path))
+    part = tmp_path / "eval" / "features" / "samples" / "part_00000.npz"
+    with np.load(part) as f:
+        arrays = dict(f)
+    arrays["logits"][0, 0] = np.nan
+    np.savez(part, **arrays)
+    with pytest.raises(UserError, match=r"samples Inception features \(logits\) have NaN .*"
+                                        r"delete .*features/samples to compute them again"):
+        main.run(config, str(tmp_path))
+    json.loads((tmp_path / "eval" / "metrics.json").read_text())  # the first run's, still JSON
 
 
 @pytest.mark.slow

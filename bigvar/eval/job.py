@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
+import zipfile
 from typing import Iterable, Iterator
 
 import ml_collections
@@ -60,12 +62,49 @@ def check_image_npz(path: str, what: str) -> tuple[int, ...]:
     except KeyError as e:
         raise UserError(f"{what} {path}: {e.args[0]}; an ADM-format npz keeps its images in "
                         "arr_0 (np.savez(path, arr_0=images))") from None
-    except (OSError, ValueError) as e:  # not a zip, damaged
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, damaged
         raise UserError(f"{what} {path} is not a readable .npz ({e})") from None
-    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or min(shape[1:3]) < 1:
         raise UserError(f"{what} {path}: arr_0 is {dtype} {shape}; the evaluator needs uint8 images "
                         "N×H×W×3 (channels last, 0–255): np.savez(path, arr_0=images.astype(np.uint8))")
     return shape
+
+
+REFERENCE_STATISTICS = {"mu": (inception.POOL_DIM,), "sigma": (inception.POOL_DIM,) * 2,
+                        "mu_s": (inception.SPATIAL_DIM,), "sigma_s": (inception.SPATIAL_DIM,) * 2}
+
+
+def check_reference_statistics(path: str) -> None:
+    """A reference's precomputed statistics (ADM's `mu`, `sigma`, `mu_s`, `sigma_s`), checked
+    before any feature is computed: all four or none, float arrays of the Inception's feature
+    sizes, finite."""
+    with storage.open(path, "rb") as raw, np.load(raw) as ref:
+        present = [k for k in REFERENCE_STATISTICS if k in ref.files]
+    if not present:
+        return
+    missing = [k for k in REFERENCE_STATISTICS if k not in present]
+    if missing:
+        raise UserError(f"reference {path} has {present} but not {missing}; an ADM reference "
+                        "batch holds all four (or none: they are then computed)")
+    for key, expected in REFERENCE_STATISTICS.items():
+        try:
+            shape, dtype = npz.shape_and_dtype(path, key)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"reference {path}: {key} does not load ({e})") from None
+        if not np.issubdtype(dtype, np.floating) or tuple(shape) != expected:
+            raise UserError(f"reference {path}: {key} is {dtype} {tuple(shape)}; the Inception's "
+                            f"statistics are floats of shape {expected} (is it another network's?)")
+        with storage.open(path, "rb") as raw, np.load(raw) as ref:
+            if not np.isfinite(ref[key]).all():
+                raise UserError(f"reference {path}: {key} has NaN or infinite values")
+
+
+def _check_finite(features: dict, what: str, cache: str) -> None:
+    bad = [name for name in ("pool", "logits") if not np.isfinite(features[name]).all()]
+    if bad:
+        raise UserError(f"the {what} Inception features ({', '.join(bad)}) have NaN or infinite "
+                        f"values: a damaged feature cache or Inception weights; delete {cache} to "
+                        "compute them again, or convert the Inception weights again")
 
 
 def _sha(data: bytes) -> str:
@@ -123,18 +162,17 @@ def extract_features(path: str, out_dir: str, extractor: inception.FeatureExtrac
         pool.append(features["pool"]), logits.append(features["logits"])
         spatial.add(features["spatial"])
         computed += fresh
-    return {"pool": np.concatenate(pool), "logits": np.concatenate(logits), "spatial": spatial}, computed
+    features = {"pool": np.concatenate(pool), "logits": np.concatenate(logits), "spatial": spatial}
+    _check_finite(features, desc, out_dir)
+    return features, computed
 
 
 def reference_statistics(path: str, features: dict) -> tuple[metrics.Statistics, metrics.Statistics, bool]:
     """(pool, spatial) statistics of the reference: the npz's own `mu`, `sigma`, `mu_s`,
-    `sigma_s` when it has them (the ADM evaluator's rule), else from the features."""
+    `sigma_s` when it has them (the ADM evaluator's rule; `check_reference_statistics` has
+    checked them), else from the features."""
     with storage.open(path, "rb") as raw, np.load(raw) as ref:
         if "mu" in ref.files:
-            missing = [k for k in ("sigma", "mu_s", "sigma_s") if k not in ref.files]
-            if missing:
-                raise UserError(f"reference {path} has mu but not {missing}; an ADM reference "
-                                "batch holds all four (or none: they are then computed)")
             return (metrics.Statistics(ref["mu"], ref["sigma"]),
                     metrics.Statistics(ref["mu_s"], ref["sigma_s"]), True)
     return (metrics.statistics(features["pool"]), features["spatial"].statistics(), False)
@@ -186,6 +224,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except (OSError, ValueError) as e:
         raise UserError(str(e)) from None
     ref_shape = check_image_npz(section.reference, "reference batch")
+    check_reference_statistics(section.reference)
     if section.samples:
         samples_path = section.samples
     else:
@@ -224,10 +263,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sampling=None if section.samples else json.loads(config.sample.to_json()),
         feature_batches_computed={"samples": computed_s, "reference": computed_r},
         seconds=round(time.time() - started, 1))
+    not_finite = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not_finite:  # (finite features and statistics give finite metrics: a bug if reached)
+        raise RuntimeError(f"{', '.join(not_finite)} came out NaN or infinite; not written")
     path = os.path.join(eval_dir, "metrics.json")
     if multihost.is_chief():
         with atomic_write(path) as tmp, open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(result, f, indent=2, allow_nan=False)  # always valid JSON
         print(format_table(result))
     multihost.sync("eval: metrics written")
     return {"metrics": path, **{k: result[k] for k in ("fid", "sfid", "inception_score")}}
