@@ -266,6 +266,42 @@ def test_a_sampling_rerun_with_other_settings_refuses_and_damaged_parts_are_resa
     assert "its pixels agree within 1/255" in readme
 
 
+@pytest.mark.slow
+def test_a_sampling_rerun_writes_missing_pngs_and_survives_a_damaged_job_file(tmp_path, caplog):
+    """A first run without PNGs, then one with: the PNGs are written from the finished parts
+    (the folder was empty). An empty or cut-short job.json is rebuilt, not a JSONDecodeError that
+    no rerun gets past; the finished parts are kept, not sampled again."""
+    from PIL import Image
+    config = tiny_train_config("var")  # 64 px
+    config.sample.update(classes=(1, 2, 3), images_per_class=1, batch_size=2, save_pngs=False)
+    first = main.run(config, str(tmp_path))
+    out = tmp_path / "samples"
+    assert not (out / "images").exists()
+    parts = _tree_files(out / "parts")
+    with np.load(first["npz"]) as npz:
+        images = npz["arr_0"]
+
+    config.sample.save_pngs = True
+    with caplog.at_level(logging.INFO):
+        main.run(config, str(tmp_path))
+    assert "wrote 3 PNGs of batches finished without them" in caplog.text
+    assert sorted(os.listdir(out / "images")) == ["000000_c1.png", "000001_c2.png", "000002_c3.png"]
+    for i, name in enumerate(sorted(os.listdir(out / "images"))):
+        np.testing.assert_array_equal(np.asarray(Image.open(out / "images" / name)), images[i])
+
+    recorded = (out / "job.json").read_text()
+    for damaged in ("", recorded[:len(recorded) // 2], "[]"):
+        (out / "job.json").write_text(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            again = main.run(config, str(tmp_path))
+        assert "job.json is damaged" in caplog.text
+        assert json.loads((out / "job.json").read_text()) == json.loads(recorded)
+        assert _tree_files(out / "parts") == parts  # read back, not sampled again
+        with np.load(again["npz"]) as npz:
+            np.testing.assert_array_equal(npz["arr_0"], images)
+
+
 def test_of_two_jobs_claiming_one_samples_dir_at_once_exactly_one_wins(tmp_path):
     import concurrent.futures
     from bigvar.sampling.job import claim_samples_dir

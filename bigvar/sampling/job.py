@@ -114,15 +114,33 @@ def claim_samples_dir(out_dir: str, identity: dict) -> None:
     """Records the job's identity in `out_dir/job.json`, or checks it against the recorded one:
     a job with other settings or weights never mixes its images with these."""
     path = os.path.join(out_dir, JOB_FILE)
+    text = json.dumps(identity, indent=2, sort_keys=True)
     if not storage.exists(path):  # created complete and only if absent: of two jobs, one wins
-        storage.create_exclusive(path, json.dumps(identity, indent=2, sort_keys=True).encode())
-    recorded = json.loads(storage.read_text(path))
+        storage.create_exclusive(path, text.encode())
+    recorded = _read_job_file(path)
+    if recorded is None:
+        # Like a damaged part: rebuilt. Each part records the digest of the job that made it,
+        # so only the parts of this job are kept; the others are sampled again.
+        logging.warning("%s is damaged; recording this job's identity again (finished batches "
+                        "of this job are kept, any others sampled again)", path)
+        with atomic_write(path) as tmp, open(tmp, "w") as f:
+            f.write(text)
+        recorded = identity
     if recorded != identity:
         changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
         raise UserError(
             f"{out_dir} holds samples made with other {', '.join(changed)} ({path}); nothing was "
             "changed. Sample into another --workdir, or delete that samples directory to replace "
             "its images.")
+
+
+def _read_job_file(path: str) -> dict | None:
+    """The recorded identity, or None when the file is empty or not a JSON object."""
+    try:
+        recorded = json.loads(storage.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def auto_batch_size(sampler, num_images: int, memory_gib: float = 0.0) -> int:
@@ -155,7 +173,7 @@ def recorded_batch_size(out_dir: str) -> int | None:
     path = os.path.join(out_dir, JOB_FILE)
     if not storage.exists(path):
         return None
-    return json.loads(storage.read_text(path)).get("batch_size")
+    return (_read_job_file(path) or {}).get("batch_size")
 
 
 def _load_part(path: str, index: np.ndarray, digest: str):
@@ -206,8 +224,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         claim_samples_dir(out_dir, identity)
         if s.save_pngs:
             storage.makedirs(png_dir)
-        return [k for k in range(num_batches)
-                if _load_part(parts[k], _batch_index(k, batch, n), digest) is not None]
+            pngs = set(storage.listdir(png_dir))
+        done, pngs_missing = [], 0
+        for k in range(num_batches):  # (one part in memory at a time: 50k images do not fit)
+            part = _load_part(parts[k], _batch_index(k, batch, n), digest)
+            if part is not None:
+                done.append(k)
+                if s.save_pngs:  # an earlier run without PNGs, or PNGs removed since
+                    pngs_missing += _write_missing_pngs(png_dir, pngs, _batch_index(k, batch, n),
+                                                        part[0], labels)
+        if pngs_missing:
+            logging.info("wrote %d PNGs of batches finished without them", pngs_missing)
+        return done
     finished = set(multihost.chief_decides(claim))
     if finished:
         logging.info("%d of %d batches were finished by an earlier run of this job",
@@ -228,7 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if s.save_pngs:
             for row in range(me, len(index), processes):
                 i = index[row]
-                save_png(os.path.join(png_dir, f"{i:06d}_c{labels[i]}.png"), batch_images[row])
+                save_png(os.path.join(png_dir, png_name(i, labels[i])), batch_images[row])
                 pngs_written += 1
             multihost.sync(f"sampling job: PNGs of batch {k}")  # before the part marks them done
         if multihost.is_chief():
@@ -248,6 +276,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      processes, _local_rows(mesh, batch) * (num_batches - len(finished)), pngs_written)
     logging.info("wrote %d images in %.1fs: grid %s, npz %s", n, seconds, grid_path, npz_path)
     return summary
+
+
+def png_name(index: int, label: int) -> str:
+    return f"{index:06d}_c{label}.png"
+
+
+def _write_missing_pngs(png_dir: str, present: set, index: np.ndarray, images: np.ndarray,
+                        labels: np.ndarray) -> int:
+    """Writes the PNGs of a finished batch (global `index`, its `images`) not among the `present`
+    names; returns how many."""
+    missing = [row for row, i in enumerate(index) if png_name(i, labels[i]) not in present]
+    for row in missing:
+        save_png(os.path.join(png_dir, png_name(index[row], labels[index[row]])), images[row])
+    return len(missing)
 
 
 def _batch_index(k: int, batch: int, n: int) -> np.ndarray:
