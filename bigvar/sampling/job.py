@@ -36,7 +36,7 @@ from bigvar.storage import atomic_write
 from bigvar.sampling import memory
 from bigvar.sampling.bigr import BiGRSamplingSettings, BiGRSampler
 from bigvar.sampling.var import SamplingSettings, VARSampler
-from bigvar.train.checkpoints import array_checksums
+from bigvar.checksums import array_checksums
 
 JOB_FILE = "job.json"
 
@@ -224,7 +224,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         claim_samples_dir(out_dir, identity)
         if s.save_pngs:
             storage.makedirs(png_dir)
-            pngs = set(storage.listdir(png_dir))
+            # (an empty folder does not exist in a bucket)
+            pngs = set(storage.listdir(png_dir)) if storage.isdir(png_dir) else set()
         done, pngs_missing = [], 0
         for k in range(num_batches):  # (one part in memory at a time: 50k images do not fit)
             part = _load_part(parts[k], _batch_index(k, batch, n), digest)
