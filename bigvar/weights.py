@@ -1,5 +1,7 @@
-"""Model-weight directories: `params/` (an orbax PyTree checkpoint) and `config.json` (the model
-sections they were made with, checked against a job's config by `check_architecture`).
+"""Model-weight directories: `params/` (an orbax PyTree checkpoint), `config.json` (the model
+sections they were made with, checked against a job's config by `check_architecture`) and
+`checksums.json` (every array's checksum, verified on every load: damaged files are an error,
+not weights that load and quietly give other numbers).
 
 Written by `bigvar.convert` and by `mode=export`, read by `--config.init_from=DIR` (and
 `tokenizer_from`). Writes go to a temporary sibling directory that is renamed into place at the
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -19,10 +22,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from bigvar import multihost, storage
+from bigvar.checksums import array_checksums, path_name
 from bigvar.errors import MissingFile, UserError
 
 PARAMS = "params"
 CONFIG = "config.json"
+CHECKSUMS = "checksums.json"
+CONTENTS = {PARAMS, CONFIG, CHECKSUMS}  # all a weights folder holds
 
 ARCH_FIELDS = {  # per model config section: the fields that must match the stored weights
     "var": ("depth", "embed_dim", "num_heads", "mlp_ratio", "num_classes", "shared_aln",
@@ -42,6 +48,10 @@ def _umask() -> int:
     return mask
 
 
+class DamagedWeights(UserError):
+    """A weights folder whose arrays do not match the checksums written with them."""
+
+
 @contextlib.contextmanager
 def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yields a temporary directory that becomes `out_dir` only if the block succeeds. With
@@ -55,8 +65,8 @@ def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
                             "--overwrite")
         # --overwrite replaces weights bigvar wrote, never a folder with anything else in it
         # (the checkpoint being converted, the user's notes).
-        if entries and not (CONFIG in entries and entries <= {CONFIG, PARAMS}):
-            others = ", ".join(sorted(entries - {CONFIG, PARAMS})) or f"no {CONFIG}"
+        if entries and not (CONFIG in entries and entries <= CONTENTS):
+            others = ", ".join(sorted(entries - CONTENTS)) or f"no {CONFIG}"
             raise UserError(f"{out_dir} is not a weights folder bigvar wrote ({others}); "
                             "--overwrite replaces only those: choose another --out")
         parent, prefix = os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.partial-"
@@ -83,6 +93,7 @@ def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
 def save_weights(out_dir: str, params: Any, model_config: dict, overwrite: bool = False) -> None:
     """Saves a params pytree (NumPy or jax arrays; with several processes, every process calls it
     with the same values) and its model config atomically."""
+    checksums = array_checksums(params)
     params = jax.tree_util.tree_map(multihost.to_host, params)
     with atomic_directory(out_dir, overwrite) as tmp:
         checkpointer = ocp.PyTreeCheckpointer()
@@ -90,6 +101,8 @@ def save_weights(out_dir: str, params: Any, model_config: dict, overwrite: bool 
         if multihost.is_chief():
             with storage.open(os.path.join(tmp, CONFIG), "w") as f:
                 json.dump(model_config, f, indent=2, sort_keys=True)
+            with storage.open(os.path.join(tmp, CHECKSUMS), "w") as f:
+                json.dump(checksums, f, indent=0, sort_keys=True)
 
 
 def load_config(weights_dir: str) -> dict:
@@ -144,7 +157,7 @@ def load_weights(weights_dir: str, target: Any | None = None, partial: bool = Fa
                                 "`python -m bigvar.convert`")
     checkpointer = ocp.PyTreeCheckpointer()
     if target is None:
-        return checkpointer.restore(path)
+        return _verified(weights_dir, checkpointer.restore(path))
     stored = checkpointer.metadata(path)
     stored = getattr(stored, "item_metadata", stored)
     if partial:
@@ -153,18 +166,41 @@ def load_weights(weights_dir: str, target: Any | None = None, partial: bool = Fa
             raise ValueError(f"weights in {weights_dir} have no {missing} (they hold {sorted(stored)})")
         stored = {k: stored[k] for k in target}
     check_tree_shapes(target, stored, what=f"weights in {weights_dir}")
-    restore_args = jax.tree_util.tree_map(
-        lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape, dtype=t.dtype)
+    # Restored as stored (the checksums are of those bits), then cast to the target's dtypes.
+    stored_dtypes = _flat(stored)
+    restore_args = jax.tree_util.tree_map_with_path(
+        lambda path, t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape,
+                                             dtype=stored_dtypes[path_name(path)].dtype)
         if getattr(t, "sharding", None) is not None else ocp.RestoreArgs(restore_type=np.ndarray),
         target)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=partial))
+    params = _verified(weights_dir, checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=partial)))
+    return jax.tree_util.tree_map(
+        lambda t, x: x if x.dtype == t.dtype else x.astype(t.dtype), target, params)
+
+
+def _verified(weights_dir: str, params: Any) -> Any:
+    """`params` after comparing every array's checksum with the one stored at conversion or
+    export (a collective with several processes: each computes those of the global arrays)."""
+    path = os.path.join(weights_dir, CHECKSUMS)
+    if not storage.exists(path):
+        logging.warning("%s has no %s (written by an older bigvar): its arrays cannot be "
+                        "verified; convert or export it again to have them checked", weights_dir,
+                        CHECKSUMS)
+        return params
+    stored, found = json.loads(storage.read_text(path)), array_checksums(params)
+    bad = sorted(name for name, digest in found.items() if stored.get(name) != digest)
+    if bad:
+        raise DamagedWeights(
+            f"{weights_dir}: {len(bad)} of {len(found)} arrays fail their checksums "
+            f"({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''}): its files are damaged. "
+            "Convert the official checkpoint again (python -m bigvar.convert … --out=…) or export "
+            "the run again (--config.mode=export).")
+    return params
 
 
 def _flat(tree) -> dict[str, Any]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf
-            for path, leaf in flat}
+    return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def check_tree_shapes(expected: Any, actual: Any, what: str) -> None:

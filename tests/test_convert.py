@@ -166,7 +166,7 @@ def test_overwrite_replaces_only_weights_bigvar_wrote(tmp_path, capsys):
     args = ["var", f"--vae={vae}", f"--var={var}", f"--out={ckpt}"]
     assert convert_cli.main(args) == 0
     assert convert_cli.main(args + ["--overwrite"]) == 0  # its own output: replaced
-    assert sorted(os.listdir(ckpt)) == ["config.json", "params"]
+    assert sorted(os.listdir(ckpt)) == ["checksums.json", "config.json", "params"]
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(ckpt).st_mode) == 0o777 & ~umask  # as mkdir makes it, not 0700
@@ -189,3 +189,24 @@ def test_crafted_pickle_is_refused_by_the_converter(tmp_path):
         z.writestr("evil/version", "3\n")
     assert convert_cli.main(["var", f"--vae={VAE_PTH}", f"--var={path}", f"--out={tmp_path / 'o'}"]) == 2
     assert not (tmp_path / "pwned").exists()
+
+
+def test_damaged_weights_are_refused_on_load(tmp_path):
+    """Bytes flipped in a converted folder's array files loaded without a word (the eval job then
+    reported an Inception Score of 1.0); every array's checksum is now written at conversion and
+    verified on every load."""
+    import glob
+
+    from bigvar import weights
+    out = tmp_path / "ckpt"
+    assert convert_cli.main(["var", f"--vae={VAE_PTH}", f"--var={VAR_PTH}", f"--out={out}"]) == 0
+    intact = weights.load_weights(str(out))
+    data = max(glob.glob(str(out / "params" / "**" / "d" / "*"), recursive=True), key=os.path.getsize)
+    blob = bytearray(open(data, "rb").read())
+    middle = len(blob) // 2
+    blob[middle:middle + 16] = bytes(b ^ 0xFF for b in blob[middle:middle + 16])
+    open(data, "wb").write(bytes(blob))
+    with pytest.raises(weights.DamagedWeights, match=r"arrays fail their checksums .*Convert the "
+                                                     r"official checkpoint again"):
+        weights.load_weights(str(out))
+    assert intact  # (loaded before the damage)

@@ -164,7 +164,7 @@ def test_tokenizer_trains_and_exports_on_two_processes(tmp_path):
     results = distributed_cli.run(args + ["--config.mode=export"], two)
     exported = two / "export"
     assert all(r.summary["exported"] == str(exported) for r in results)
-    assert sorted(os.listdir(exported)) == ["config.json", "params"]
+    assert sorted(os.listdir(exported)) == ["checksums.json", "config.json", "params"]
     params = jax.tree_util.tree_leaves(ocp.PyTreeCheckpointer().restore(str(exported / "params")))
     saved = {np.asarray(x).tobytes() for x in checkpoint_state(two, 3)}
     assert params and all(np.asarray(x).tobytes() in saved for x in params)

@@ -155,7 +155,7 @@ def test_bit_rot_in_an_array_file_is_detected_by_its_checksum(tmp_path):
 
 
 def test_checksums_do_not_depend_on_the_sharding():
-    from bigvar.train.checkpoints import array_checksums
+    from bigvar.checksums import array_checksums
     x = jnp.arange(8 * 6, dtype=jnp.float32).reshape(8, 6) / 7
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("a", "b"))
     sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("a", "b")))

@@ -325,7 +325,7 @@ def test_train_resume_export_and_sample_with_everything_in_a_bucket(gcs):
     assert "run.lock" not in storage.listdir(run)
 
     _cli(train + ["--config.train.steps=4", "--config.mode=export"], gcs)
-    assert storage.listdir(f"{run}/export") == ["config.json", "params"]
+    assert storage.listdir(f"{run}/export") == ["checksums.json", "config.json", "params"]
 
     sample = ["--config=configs/var_tiny.py", "--config.mode=sample", f"--workdir={out}",
               "--config.var.patch_nums=(1,2,3,4)", f"--config.init_from={run}/export",

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bigvar import multihost, npz, parallel, storage
+from bigvar.checksums import array_checksums
 from bigvar.errors import UserError, invalid
 from bigvar.eval import inception, metrics
 from bigvar.storage import atomic_write
@@ -214,7 +215,6 @@ def compute_metrics(sample: dict, reference: dict, ref_path: str, mesh,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from bigvar import config_lib
-    from bigvar.train.checkpoints import array_checksums
     config_lib.validate(config)
     started = time.time()
     section = config.eval

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from bigvar import models, multihost, parallel
+from bigvar.checksums import array_checksums
 from bigvar.data import pipeline, transforms
 from bigvar.errors import UserError, invalid
 from bigvar.eval.job import cached_batches
@@ -95,7 +96,6 @@ class FeatureFn:
     def __init__(self, config, mesh, layer: int, params=None):
         """`params`: (generator, tokenizer) params; by default `config.init_from`'s."""
         from bigvar.sampling.job import load_params, make_sampler_from_params
-        from bigvar.train.checkpoints import array_checksums
         model, tokenizer = models.build(config)
         params = params if params is not None else load_params(config, model, tokenizer, mesh)
         self.sampler = make_sampler_from_params(config, model, tokenizer, *params, mesh)
