@@ -100,7 +100,8 @@ def test_released_configs_are_valid_and_match_the_spec():
 
 
 @pytest.mark.parametrize("command", [
-    ["bigvar.plan", "--config=configs/var_tiny.py", "--devices=1", "--batch=2"],
+    pytest.param(["bigvar.plan", "--config=configs/var_tiny.py", "--config.var.patch_nums=(1, 2)",
+                  "--devices=1", "--batch=2"], marks=pytest.mark.slow),  # (compiles a train step)
     ["bigvar.main", "--config=configs/var_tiny.py", "--config.mode=serve"],  # refused: exit 2
 ])
 def test_the_clis_do_not_print_jaxs_backend_probing(command):

@@ -5,6 +5,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 
 from bigvar import config_lib
 from bigvar.notebook import _random_weights
@@ -16,6 +17,7 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow  # (a minute of compiling on 2 cores)
 def test_the_readmes_sampling_example_runs(tmp_path, monkeypatch):
     readme = open(os.path.join(ROOT, "README.md")).read()
     blocks = [b for b in _python_blocks(readme) if "VARSampler" in b]
