@@ -36,7 +36,7 @@ ARCH_FIELDS = {  # per model config section: the fields that must match the stor
     "vae": ("vocab_size", "z_channels", "ch", "ch_mult", "num_res_blocks", "quant_resi",
             "share_quant_resi"),
     "bigr": ("binary_size", "num_classes", "dim", "n_layer", "n_head", "seq_len",
-             "denoise_hidden", "num_block_mlp"),
+             "denoise_hidden", "num_block_mlp", "norm_eps"),
     "bae": ("codebook_size", "nf", "emb_dim", "ch_mult", "res_blocks", "attn_resolutions",
             "img_size", "norm_first"),
 }

@@ -226,10 +226,13 @@ def test_a_sampling_rerun_with_other_settings_refuses_and_damaged_parts_are_resa
         expected = dict(npz)
     out = tmp_path / "samples"
     before = _tree_files(out)
-    for field, value in (("seed", 1), ("cfg", 2.0)):
+    # … any field of the sections the images come from, the model's included (a rerun in
+    # bfloat16 was accepted and mixed fp32 and bf16 rows in one samples.npz).
+    for section, field, value in (("sample", "seed", 1), ("sample", "cfg", 2.0),
+                                  ("var", "dtype", "bfloat16")):
         other = config.copy_and_resolve_references()
-        other.sample[field] = value
-        with pytest.raises(UserError, match="holds samples made with other"):
+        other[section][field] = value
+        with pytest.raises(UserError, match=f"holds samples made with other {section}.{field}"):
             main.run(other, str(tmp_path))
     weights = config.copy_and_resolve_references()
     weights.seed = 1  # random init from another seed: other weights

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from bigvar import multihost, npz, parallel, storage
+from bigvar import multihost, npz, parallel, result_keys, storage
 from bigvar.checksums import array_checksums
 from bigvar.errors import UserError, invalid
 from bigvar.eval import inception, metrics
@@ -244,9 +244,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             "nearest neighbour), and published figures use 50 000 samples")
 
     extractor = inception.FeatureExtractor(variables, section.preprocessing, mesh, section.batch_size)
-    network = json.dumps({"weights": array_checksums(variables),
-                          "preprocessing": section.preprocessing}, sort_keys=True)
-    network_digest = _sha(network.encode())
+    network_digest = result_keys.digest(result_keys.eval_features_key(
+        config, network=result_keys.digest(array_checksums(variables))))
     eval_dir = os.path.join(workdir, "eval")
     sample_features, computed_s = extract_features(
         samples_path, os.path.join(eval_dir, "features", "samples"), extractor, network_digest, "samples")

@@ -24,7 +24,6 @@ another procedural seed (images the training split never holds), so the probe ru
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -35,7 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bigvar import models, multihost, parallel
+from bigvar import models, multihost, parallel, result_keys
 from bigvar.checksums import array_checksums
 from bigvar.data import pipeline, transforms
 from bigvar.errors import UserError, invalid
@@ -100,7 +99,8 @@ class FeatureFn:
         params = params if params is not None else load_params(config, model, tokenizer, mesh)
         self.sampler = make_sampler_from_params(config, model, tokenizer, *params, mesh)
         self.layer = layer
-        self.digest = json.dumps({"weights": array_checksums(params), "layer": layer}, sort_keys=True)
+        self.digest = result_keys.digest(result_keys.probe_features_key(
+            config, weights=result_keys.digest(array_checksums(params)), layer=layer))
 
     def __call__(self, images: np.ndarray) -> dict:
         return {"features": self.sampler.features(images, self.layer, deterministic=True)}
@@ -116,8 +116,7 @@ def split_features(fn: FeatureFn, data, image_size: int, count: int, out_dir: st
         for chunk_images, chunk_labels in chunks:
             labels.append(chunk_labels)
             yield chunk_images
-    digest = hashlib.sha256(fn.digest.encode()).hexdigest()[:16]
-    for out, fresh in cached_batches(images(), fn, out_dir, digest, f"BiGR features ({desc})",
+    for out, fresh in cached_batches(images(), fn, out_dir, fn.digest, f"BiGR features ({desc})",
                                      -(-total // batch)):
         features.append(out["features"])
         computed += fresh

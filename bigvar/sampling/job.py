@@ -15,8 +15,6 @@ part that does not load is sampled again, so two jobs on one directory cannot co
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import numbers
@@ -28,7 +26,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from bigvar import config_lib, models, multihost, npz, parallel, storage, weights
+from bigvar import config_lib, models, multihost, npz, parallel, result_keys, storage, weights
 from bigvar.convert import hub
 from bigvar.errors import UserError, invalid
 from bigvar.images import make_grid, save_png
@@ -96,20 +94,6 @@ def class_labels(config: ml_collections.ConfigDict) -> np.ndarray:
     return np.repeat(np.asarray(classes, np.int32), config.sample.images_per_class)
 
 
-def job_identity(config: ml_collections.ConfigDict, labels: np.ndarray, batch: int, sampler,
-                 weights_digest: str) -> dict:
-    """What the job's images depend on: the weights (their array checksums), the model, the
-    sampling settings, the seed, the labels and the batch boundaries."""
-    return {"model": config.model, "weights": weights_digest, "seed": int(config.sample.seed),
-            "settings": json.loads(json.dumps(dataclasses.asdict(sampler.settings))),
-            "num_images": int(len(labels)), "batch_size": int(batch),
-            "labels": hashlib.sha256(np.ascontiguousarray(labels, np.int32).tobytes()).hexdigest()}
-
-
-def _digest(identity: dict) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def claim_samples_dir(out_dir: str, identity: dict) -> None:
     """Records the job's identity in `out_dir/job.json`, or checks it against the recorded one:
     a job with other settings or weights never mixes its images with these."""
@@ -127,7 +111,7 @@ def claim_samples_dir(out_dir: str, identity: dict) -> None:
             f.write(text)
         recorded = identity
     if recorded != identity:
-        changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        changed = result_keys.differences(recorded, identity)
         raise UserError(
             f"{out_dir} holds samples made with other {', '.join(changed)} ({path}); nothing was "
             "changed. Sample into another --workdir, or delete that samples directory to replace "
@@ -209,9 +193,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batch = auto_batch_size(sampler, n, s.memory_gib)
         else:
             logging.info("sample.batch_size=0: %d, as recorded by this job's earlier run", batch)
-    weights_digest = _digest(array_checksums((gen_params, tok_params)))
-    identity = job_identity(config, labels, batch, sampler, weights_digest)
-    digest = _digest(identity)
+    weights_digest = result_keys.digest(array_checksums((gen_params, tok_params)))
+    identity = result_keys.samples_key(config, weights=weights_digest, batch_size=batch)
+    digest = result_keys.digest(identity)
 
     parts_dir, png_dir = os.path.join(out_dir, "parts"), os.path.join(out_dir, "images")
     num_batches = -(-n // batch)
