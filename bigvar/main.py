@@ -27,6 +27,7 @@ if __name__ == "__main__":  # before anything imports JAX: glibc reads the tunab
     from bigvar import cpu_tuning
     cpu_tuning.reexec_with_huge_pages()
 
+import json
 import logging
 import os
 import re
@@ -57,9 +58,22 @@ flags.mark_flags_as_required(["config"])
 
 def run(config, workdir: str):
     """Runs the job `config` names in `workdir`; a refused start leaves no new folder behind."""
-    from bigvar import rundir
+    from bigvar import multihost, rundir
+    flat = {"workdir": workdir, **_flat_config(config.to_dict())}
+    multihost.require_agreement(json.loads(json.dumps(flat, default=str)), "flags")
     with rundir.removed_if_refused(workdir):
         return _run_job(config, rundir.prepare(workdir))
+
+
+def _flat_config(values: dict, prefix: str = "config.") -> dict:
+    """{"config.train.batch_size": 8, …}: each leaf of a config's dict by its flag name."""
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_config(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
 
 
 def _run_job(config, workdir: str):

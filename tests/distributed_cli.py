@@ -67,7 +67,8 @@ class Job:
     """N processes of `python -m bigvar.main` forming one job (see the module docstring)."""
 
     def __init__(self, args: list[str], workdir, processes: int = 2, devices: int = 4,
-                 heartbeat_timeout: int = 10, log_dir=None):
+                 heartbeat_timeout: int = 10, log_dir=None, extra_args: dict | None = None):
+        """`extra_args`: {process index: flags for that process only}."""
         port = free_port()
         log_dir = str(log_dir or workdir) + ".logs"
         os.makedirs(log_dir, exist_ok=True)
@@ -76,7 +77,8 @@ class Job:
         for i in range(processes):
             cmd = [sys.executable, "-m", "bigvar.main", f"--workdir={workdir}", *args, "--multihost",
                    f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
-                   f"--process_id={i}", f"--heartbeat_timeout={heartbeat_timeout}"]
+                   f"--process_id={i}", f"--heartbeat_timeout={heartbeat_timeout}",
+                   *(extra_args or {}).get(i, [])]
             with open(self.logs[i], "w") as log:
                 # No compilation cache: with jax 0.12.1 a 2-process CPU job whose executables come
                 # from the persistent cache hangs in its first collectives (the second of two

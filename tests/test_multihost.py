@@ -277,3 +277,19 @@ def test_a_locked_run_directory_stops_every_process(tmp_path):
     for r in results:
         assert r.returncode == 2, r.output[-2000:]
         assert f"error: {workdir} is in use by another run" in r.output
+
+
+@pytest.mark.parametrize("flag, values", [
+    ("--config.train.batch_size", ("8", "16")),  # each trained on its own batch, exit 0
+    ("--config.seed", ("0", "1")),  # not reproducible from the recorded config
+])
+def test_processes_started_with_different_flags_all_refuse(tmp_path, flag, values):
+    with distributed_cli.Job(VAR_TRAIN + STEPS, tmp_path / "w", extra_args={
+            i: [f"{flag}={value}"] for i, value in enumerate(values)}) as job:
+        results = job.wait(timeout=300)
+    name = flag.removeprefix("--")
+    for i, result in enumerate(results):
+        assert result.returncode == 2, f"process {i}:\n{distributed_cli.readable_tail(result.output)}"
+        assert (f"the processes were started with different flags ({name}: process 0 "
+                f"{int(values[0])}, process 1 {int(values[1])})") in result.output
+    assert not (tmp_path / "w").exists()  # refused before the run directory was made
