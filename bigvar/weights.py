@@ -181,21 +181,32 @@ def load_weights(weights_dir: str, target: Any | None = None, partial: bool = Fa
 
 def _verified(weights_dir: str, params: Any) -> Any:
     """`params` after comparing every array's checksum with the one stored at conversion or
-    export (a collective with several processes: each computes those of the global arrays)."""
+    export, and with the other processes' (each host may read its own copy of the folder: a
+    copy that differs would make every process compute with other weights)."""
     path = os.path.join(weights_dir, CHECKSUMS)
-    if not storage.exists(path):
-        logging.warning("%s has no %s (written by an older bigvar): its arrays cannot be "
-                        "verified; convert or export it again to have them checked", weights_dir,
-                        CHECKSUMS)
-        return params
-    stored, found = json.loads(storage.read_text(path)), array_checksums(params)
-    bad = sorted(name for name, digest in found.items() if stored.get(name) != digest)
-    if bad:
+    stored = json.loads(storage.read_text(path)) if storage.exists(path) else None
+    found = array_checksums(params)
+    bad = [] if stored is None else sorted(
+        name for name, digest in found.items() if stored.get(name) != digest)
+    every = multihost.gather_json({"bad": bad, "found": found})  # one collective, all processes
+    damaged = [(i, e["bad"]) for i, e in enumerate(every) if e["bad"]]
+    if damaged:
+        process, bad = damaged[0]
+        where = f" (on process {process})" if len(every) > 1 else ""
         raise DamagedWeights(
-            f"{weights_dir}: {len(bad)} of {len(found)} arrays fail their checksums "
+            f"{weights_dir}{where}: {len(bad)} of {len(found)} arrays fail their checksums "
             f"({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''}): its files are damaged. "
             "Convert the official checkpoint again (python -m bigvar.convert … --out=…) or export "
             "the run again (--config.mode=export).")
+    differing = [i for i, e in enumerate(every) if e["found"] != every[0]["found"]]
+    if differing:
+        raise UserError(f"{weights_dir} holds other weights on process "
+                        f"{', '.join(map(str, differing))} than on process 0: give every process "
+                        "the same weights (copy one folder to every host, or use a gs:// path)")
+    if stored is None:
+        logging.warning("%s has no %s (written by an older bigvar): its arrays cannot be "
+                        "verified; convert or export it again to have them checked", weights_dir,
+                        CHECKSUMS)
     return params
 
 

@@ -67,8 +67,10 @@ class Job:
     """N processes of `python -m bigvar.main` forming one job (see the module docstring)."""
 
     def __init__(self, args: list[str], workdir, processes: int = 2, devices: int = 4,
-                 heartbeat_timeout: int = 10, log_dir=None, extra_args: dict | None = None):
-        """`extra_args`: {process index: flags for that process only}."""
+                 heartbeat_timeout: int = 10, log_dir=None, extra_args: dict | None = None,
+                 cwds: dict | None = None):
+        """`extra_args`: {process index: flags for that process only}; `cwds`: {process index:
+        the directory it runs in} (default: the checkout)."""
         port = free_port()
         log_dir = str(log_dir or workdir) + ".logs"
         os.makedirs(log_dir, exist_ok=True)
@@ -84,8 +86,8 @@ class Job:
                 # from the persistent cache hangs in its first collectives (the second of two
                 # identical jobs sharing a cache never logs a step; without the cache both run).
                 self.procs.append(subprocess.Popen(
-                    cmd, cwd=ROOT, env=_environment(devices, cache=False), stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True))
+                    cmd, cwd=(cwds or {}).get(i, ROOT), env=_environment(devices, cache=False),
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def output(self, i: int) -> str:
         with open(self.logs[i], errors="replace") as f:

@@ -293,3 +293,27 @@ def test_processes_started_with_different_flags_all_refuse(tmp_path, flag, value
         assert (f"the processes were started with different flags ({name}: process 0 "
                 f"{int(values[0])}, process 1 {int(values[1])})") in result.output
     assert not (tmp_path / "w").exists()  # refused before the run directory was made
+
+
+def test_processes_that_read_different_weights_all_refuse(inception_dir, tmp_path):
+    """Each host reads its own copy of a weights folder (the same relative path, here two
+    working directories): process 1's copy holds other, self-consistent weights."""
+    from bigvar import weights
+    cwds = {i: tmp_path / f"host{i}" for i in range(2)}
+    shutil.copytree(inception_dir, cwds[0] / "inception")
+    variables = weights.load_weights(inception_dir)
+    first = next(iter(weights._flat(variables)))
+    changed = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 1 if weights.path_name(path) == first else x, variables)
+    config = json.loads((cwds[0] / "inception" / "config.json").read_text())
+    weights.save_weights(str(cwds[1] / "inception"), changed, config)
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, arr_0=smooth_images(4, 8, size=64))
+    args = ["--config=configs/var_tiny.py", "--config.mode=eval", "--config.eval.inception=inception",
+            f"--config.eval.samples={samples}", f"--config.eval.reference={samples}"]
+    with distributed_cli.Job(args, tmp_path / "w", cwds=cwds) as job:
+        results = job.wait(timeout=300)
+    for i, result in enumerate(results):
+        assert result.returncode == 2, f"process {i}:\n{distributed_cli.readable_tail(result.output)}"
+        assert ("error: inception holds other weights on process 1 than on process 0: give every "
+                "process the same weights") in result.output
