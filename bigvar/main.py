@@ -53,6 +53,9 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --multihost: this p
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "heartbeat_timeout", 100, "With --multihost: a process that stops answering for this many "
     "seconds (killed, host lost) stops the whole job, each process with an error.")
+_JOIN_TIMEOUT = flags.DEFINE_integer(
+    "join_timeout", 300, "With --multihost: how many seconds the processes wait for each other "
+    "at the start; then every process that came stops, naming those that did not.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -108,16 +111,45 @@ def _run_job(config, workdir: str):
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, heartbeat_timeout: int = 100) -> None:
+                           process_id: int | None = None, heartbeat_timeout: int = 100,
+                           join_timeout: int = 300) -> None:
     """Joins this process to the job (`jax.distributed.initialize`); what is not given, JAX finds
-    from the cluster (Cloud TPU, GKE, SLURM, Open MPI). On CPU, the processes' collectives go
-    through gloo (several CPU processes on one machine are how the multi-host paths are tested)."""
+    from the cluster (Cloud TPU, GKE, SLURM, Open MPI). The processes first check in with each
+    other (`bigvar.rendezvous`), so one that never starts is named in one line after
+    `join_timeout` seconds. On CPU, the processes' collectives go through gloo (several CPU
+    processes on one machine are how the multi-host paths are tested)."""
     import jax
+    from bigvar import rendezvous
+    coordinator_address, num_processes, process_id = _detected(
+        coordinator_address, num_processes, process_id, join_timeout)
+    if None in (coordinator_address, num_processes, process_id):
+        print(f"waiting for every process to join (up to --join_timeout={join_timeout} s)",
+              flush=True)
+    elif process_id == 0:
+        rendezvous.gather(coordinator_address, num_processes, join_timeout)
+    else:
+        rendezvous.join(coordinator_address, num_processes, process_id, join_timeout)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               initialization_timeout=join_timeout,
                                heartbeat_timeout_seconds=heartbeat_timeout)
     logging.info("process %d of %d: %d of the job's %d devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _detected(coordinator_address, num_processes, process_id, timeout):
+    """The job's coordinator, size and this process's index: the flags', else what JAX finds
+    from the cluster (Nones where it finds nothing or its way of finding has changed)."""
+    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if None not in (coordinator_address, num_processes, process_id):
+        return coordinator_address, num_processes, process_id
+    try:
+        from jax._src import clusters  # JAX's own detection, as jax.distributed.initialize does
+        found = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+            coordinator_address, num_processes, process_id, None, None, timeout)
+        return tuple(found[:3])
+    except Exception:  # noqa: BLE001 (a private API: JAX then detects the cluster itself)
+        return coordinator_address, num_processes, process_id
 
 
 def default_workdir(config_argument: str) -> str:
@@ -136,7 +168,7 @@ def main(argv):
     try:
         if _MULTIHOST.value:
             initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                   _HEARTBEAT_TIMEOUT.value)
+                                   _HEARTBEAT_TIMEOUT.value, _JOIN_TIMEOUT.value)
         elif any(flags.FLAGS[name].present for name in ("coordinator_address", "num_processes",
                                                           "process_id")):
             raise UserError("--coordinator_address, --num_processes and --process_id go with "

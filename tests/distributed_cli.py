@@ -68,15 +68,16 @@ class Job:
 
     def __init__(self, args: list[str], workdir, processes: int = 2, devices: int = 4,
                  heartbeat_timeout: int = 10, log_dir=None, extra_args: dict | None = None,
-                 cwds: dict | None = None):
+                 cwds: dict | None = None, start=None):
         """`extra_args`: {process index: flags for that process only}; `cwds`: {process index:
-        the directory it runs in} (default: the checkout)."""
+        the directory it runs in} (default: the checkout); `start`: the indices of the processes
+        to start (default: all)."""
         port = free_port()
         log_dir = str(log_dir or workdir) + ".logs"
         os.makedirs(log_dir, exist_ok=True)
         self.logs = [os.path.join(log_dir, f"process_{i}.log") for i in range(processes)]
-        self.procs = []
-        for i in range(processes):
+        self.procs: dict[int, subprocess.Popen] = {}
+        for i in (range(processes) if start is None else start):
             cmd = [sys.executable, "-m", "bigvar.main", f"--workdir={workdir}", *args, "--multihost",
                    f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
                    f"--process_id={i}", f"--heartbeat_timeout={heartbeat_timeout}",
@@ -85,9 +86,9 @@ class Job:
                 # No compilation cache: with jax 0.12.1 a 2-process CPU job whose executables come
                 # from the persistent cache hangs in its first collectives (the second of two
                 # identical jobs sharing a cache never logs a step; without the cache both run).
-                self.procs.append(subprocess.Popen(
+                self.procs[i] = subprocess.Popen(
                     cmd, cwd=(cwds or {}).get(i, ROOT), env=_environment(devices, cache=False),
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self, i: int) -> str:
         with open(self.logs[i], errors="replace") as f:
@@ -112,23 +113,23 @@ class Job:
         """Every process's result; an AssertionError (with the outputs' ends) if any is still
         running after `timeout` seconds."""
         deadline = time.time() + timeout
-        for proc in self.procs:
+        for proc in self.procs.values():
             try:
                 proc.wait(max(deadline - time.time(), 0.1))
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise AssertionError(f"the job did not finish in {timeout} s:\n{self._tails()}")
-        return [Result(proc.returncode, self.output(i)) for i, proc in enumerate(self.procs)]
+        return [Result(proc.returncode, self.output(i)) for i, proc in self.procs.items()]
 
     def kill(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
     def _tails(self, chars: int = 3000) -> str:
         return "\n".join(f"--- process {i} (exit {proc.poll()}):\n"
-                         f"{readable_tail(self.output(i), chars)}" for i, proc in enumerate(self.procs))
+                         f"{readable_tail(self.output(i), chars)}" for i, proc in self.procs.items())
 
     def __enter__(self) -> Job:
         return self

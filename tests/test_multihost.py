@@ -84,7 +84,7 @@ def wait_for_logged_step(workdir, step: int, job: distributed_cli.Job, timeout: 
     while time.time() < deadline:
         if os.path.exists(path) and max(losses(workdir), default=0) >= step:
             return
-        if any(p.poll() is not None for p in job.procs):
+        if any(p.poll() is not None for p in job.procs.values()):
             break
         time.sleep(0.1)
     raise AssertionError(f"step {step} was not logged:\n{job._tails()}")
