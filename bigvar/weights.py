@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import uuid
 from typing import Any, Iterator
@@ -52,6 +53,41 @@ class DamagedWeights(UserError):
     """A weights folder whose arrays do not match the checksums written with them."""
 
 
+def _partial_prefix(out_dir: str) -> str:
+    """The name of `out_dir`'s folder while it is written, less its random end: it names the
+    writer (host and process id) so that a later run can tell an abandoned one."""
+    return f".{os.path.basename(out_dir)}.partial-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _remove_abandoned(out_dir: str) -> None:
+    """Removes the partial folders of `out_dir` that a killed run of this host left (their
+    writer's process is gone); warns about those of other hosts, which it cannot check."""
+    parent, base = os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.partial-"
+    if not storage.isdir(parent):
+        return
+    for name in storage.listdir(parent):
+        if not name.startswith(base):
+            continue
+        host, _, pid = name[len(base):].rpartition("-")[0].rpartition("-")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            logging.info("removing %s, left by a run that was killed", name)
+            storage.rmtree(os.path.join(parent, name))
+        elif host != socket.gethostname():
+            logging.warning("%s was left by a run on %s (killed, or still writing): remove it "
+                            "if no run is writing %s", os.path.join(parent, name), host or "an "
+                            "older bigvar", out_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yields a temporary directory that becomes `out_dir` only if the block succeeds. With
@@ -69,7 +105,8 @@ def atomic_directory(out_dir: str, overwrite: bool = False) -> Iterator[str]:
             others = ", ".join(sorted(entries - CONTENTS)) or f"no {CONFIG}"
             raise UserError(f"{out_dir} is not a weights folder bigvar wrote ({others}); "
                             "--overwrite replaces only those: choose another --out")
-        parent, prefix = os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.partial-"
+        parent, prefix = os.path.dirname(out_dir), _partial_prefix(out_dir)
+        _remove_abandoned(out_dir)
         if storage.is_url(out_dir):  # (a prefix in a bucket: nothing to create)
             return os.path.join(parent, prefix + uuid.uuid4().hex[:12])
         os.makedirs(parent, exist_ok=True)

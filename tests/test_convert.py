@@ -146,6 +146,24 @@ def test_cli_failures_leave_nothing_behind(tmp_path, capsys):
     assert os.listdir(out) == ["keep.txt"]
 
 
+def test_a_killed_conversions_partial_folder_is_removed_by_the_next(tmp_path, capsys):
+    """A conversion killed while writing leaves `.<out>.partial-<host>-<pid>-<random>` next to
+    `--out`; the next conversion to that folder removes it when its writer is gone, and leaves
+    the one of a writer still running."""
+    import socket
+    import subprocess
+    import sys
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    abandoned = tmp_path / f".ckpt.partial-{socket.gethostname()}-{gone}-k1ll3d"
+    running = tmp_path / f".ckpt.partial-{socket.gethostname()}-{os.getpid()}-wr1t1ng"
+    for folder in (abandoned, running):
+        (folder / "params").mkdir(parents=True)
+    out = tmp_path / "ckpt"
+    assert convert_cli.main(["var", f"--vae={VAE_PTH}", f"--var={VAR_PTH}", f"--out={out}"]) == 0
+    assert sorted(os.listdir(tmp_path)) == [running.name, "ckpt"]
+
+
 def test_overwrite_replaces_only_weights_bigvar_wrote(tmp_path, capsys):
     """`--overwrite` into the folder of the checkpoints being converted (or a parent of it, or
     one with the user's files) is refused and deletes nothing; bigvar's own output is replaced."""
