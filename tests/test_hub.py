@@ -147,6 +147,7 @@ def _assert_same_params(a, b):
 
 def test_from_hub_downloads_verifies_converts_then_uses_the_cache(fake_hub, hf_env, tmp_path, capsys,
                                                                   monkeypatch):
+    from huggingface_hub import constants
     fake_hub.serve(TINY_REPO, "vqvae_tiny.pth", _read(VAE_PTH))
     fake_hub.serve(TINY_REPO, "var_d2_256.pth", _read(VAR_PTH))
     out, ref = tmp_path / "from_hub", tmp_path / "by_path"
@@ -176,6 +177,7 @@ def test_from_hub_downloads_verifies_converts_then_uses_the_cache(fake_hub, hf_e
     fake_hub.stop = lambda: None
     n_requests = len(fake_hub.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as a process started offline has it
     offline_out = tmp_path / "offline"
     assert convert_cli.main(["var", "--from_hub=tiny", f"--out={offline_out}"]) == 0
     stdout = capsys.readouterr().out
