@@ -95,10 +95,14 @@ def require_agreement(values: dict, what: str) -> None:
     """Raises the same `UserError` on every process when the processes' flat JSON-able `values`
     differ (processes started with different flags would train one model on two recipes and
     record only process 0's), naming each differing field with every process's value."""
-    every = gather_json(values)
-    differing = sorted(k for k in set().union(*every) if any(v.get(k) != every[0].get(k) for v in every))
+    if jax.process_count() == 1:
+        return
+    every = [{k: json.dumps(v, sort_keys=True) for k, v in e.items()} for e in gather_json(values)]
+    differing = sorted(k for k in set().union(*every)
+                       if any(v.get(k) != every[0].get(k) for v in every))
     if differing:
-        shown = "; ".join(f"{k}: " + ", ".join(f"process {i} {v.get(k)!r}" for i, v in enumerate(every))
+        shown = "; ".join(f"{k}: " + ", ".join(f"process {i} {v.get(k, 'unset')}"
+                                               for i, v in enumerate(every))
                           for k in differing[:5])
         raise UserError(f"the processes were started with different {what} ({shown}"
                         f"{'; …' if len(differing) > 5 else ''}): start every process with the same "
