@@ -7,12 +7,14 @@ from absl import logging as absl_logging
 
 class QuietLibraries(logging.Filter):
     """Keeps the libraries' warnings and drops their INFO chatter: orbax narrates every
-    checkpoint step, and JAX reports each backend it probed and did not find (libtpu, the IFRT
+    checkpoint step, fsspec every file it reads from a bucket, and JAX reports each backend it probed and did not find (libtpu, the IFRT
     proxy) on every start on a CPU or GPU."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("gcsfs"):  # its failed requests, each with a traceback:
+            return False  # bigvar.storage reports outages (and raises what is not one) itself
         return record.levelno >= logging.WARNING or not (
-            "orbax" in record.pathname or record.pathname.endswith("xla_bridge.py"))
+            "orbax" in record.pathname or record.name.startswith("fsspec") or record.pathname.endswith("xla_bridge.py"))
 
 
 def quiet_library_logs() -> None:

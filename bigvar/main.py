@@ -56,6 +56,9 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 _JOIN_TIMEOUT = flags.DEFINE_integer(
     "join_timeout", 300, "With --multihost: how many seconds the processes wait for each other "
     "at the start; then every process that came stops, naming those that did not.")
+_STORAGE_TIMEOUT = flags.DEFINE_float(
+    "storage_timeout", 600, "How many seconds reads and writes of gs:// (or other remote) paths "
+    "retry through a storage outage, reporting what waits, before the job stops with an error.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -166,6 +169,8 @@ def main(argv):
     console.quiet_library_logs()
     preempted = None
     try:
+        from bigvar import storage
+        storage.set_outage_limit(_STORAGE_TIMEOUT.value)
         if _MULTIHOST.value:
             initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                    _HEARTBEAT_TIMEOUT.value, _JOIN_TIMEOUT.value)

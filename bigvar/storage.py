@@ -17,7 +17,12 @@ What object stores lack, and how it is made up for:
     `AppendMirror`, which uploads only the new bytes and has GCS concatenate them onto the
     object (compose), so a run's logs cost the bytes written, not one whole upload per write;
   - exclusive creation (the run lock): `create_exclusive` asks the store to create the object only
-    if absent, and reads it back to know who won.
+    if absent, and reads it back to know who won;
+  - outages: an operation on a URL that fails with a transient error (no connection, a timeout,
+    a 5xx answer, after gcsfs's own retries) is tried again with backoff, reporting what waits
+    and since when, for up to `--storage_timeout` seconds (`set_outage_limit`); then it raises
+    `StorageUnavailable` (one line, exit 2). Writes are whole uploads, so nothing is left
+    half-written: rerunning the command continues.
 """
 from __future__ import annotations
 
@@ -27,10 +32,12 @@ import io
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
+import time
 import uuid
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator, TypeVar
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # read once, at epath's first gs:// path
 
@@ -38,7 +45,96 @@ import fsspec.config  # noqa: E402
 import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
+from bigvar.errors import UserError  # noqa: E402
+
 fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
+
+T = TypeVar("T")
+_outage_limit_s = 600.0
+_REPORT_EVERY_S = 30.0
+_SLOW_S = 10.0  # an operation that has not returned by then is reported (once)
+# The errors that mean "the store did not answer", not "the answer is no".
+_ANSWERS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+            PermissionError)
+
+
+class StorageUnavailable(UserError):
+    """A store did not answer for longer than the outage limit."""
+
+
+def set_outage_limit(seconds: float) -> None:
+    """How long operations on URLs keep retrying through an outage (`--storage_timeout`)."""
+    global _outage_limit_s
+    _outage_limit_s = float(seconds)
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, _ANSWERS):
+        return False
+    gcsfs_retry = sys.modules.get("gcsfs.retry")
+    if gcsfs_retry is not None and gcsfs_retry.is_retriable(error):
+        return True
+    return isinstance(error, (OSError, TimeoutError)) or type(error).__module__.startswith("aiohttp")
+
+
+def _retried(operation: Callable[..., T]) -> Callable[..., T]:
+    """`operation(path, …)` retried through outages when `path` is a URL (see the module's
+    docstring). Each operation waits on its own; a report names the path and the first error."""
+    def retried(path, *args, **kwargs):
+        if not is_url(path):
+            remote = [a for a in args if isinstance(a, str) and is_url(a)]  # upload(local, url)
+            if not remote:
+                return operation(path, *args, **kwargs)
+            return _retried_call(operation, remote[0], path, *args, **kwargs)
+        return _retried_call(operation, path, path, *args, **kwargs)
+    retried.__name__, retried.__doc__ = operation.__name__, operation.__doc__
+    retried.__wrapped__ = operation
+    return retried
+
+
+def _retried_call(operation: Callable[..., T], url: str, *args, **kwargs) -> T:
+    """`operation(*args, **kwargs)`, which reads or writes `url`, through outages."""
+    start = last_report = None
+    attempt = 0
+    while True:
+        began = time.time()
+        # gcsfs itself retries a failed request for ~30 s: say so while it does
+        slow = threading.Timer(_SLOW_S, logging.warning, args=(
+            "still waiting for storage: %s %s (since %s)", operation.__name__, url,
+            time.strftime("%H:%M:%S", time.localtime(began))))
+        slow.daemon = True
+        slow.start()
+        try:
+            result = operation(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 (classified below)
+            if not _transient(error):
+                raise
+            now = time.time()
+            start = start or began  # (gcsfs retried for ~30 s before giving up)
+            waited = now - start
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            if waited >= _outage_limit_s:
+                raise StorageUnavailable(
+                    f"{url}: storage did not answer for {waited:.0f} s ({reason}); stopped with "
+                    "every finished file in place: rerun the same command when it is back "
+                    f"(or raise --storage_timeout, now {_outage_limit_s:g} s)") from error
+            if last_report is None or now - last_report >= _REPORT_EVERY_S:
+                logging.warning(
+                    "storage did not answer %s %s since %s (%s); retrying until %s "
+                    "(--storage_timeout=%g s)", operation.__name__, url,
+                    time.strftime("%H:%M:%S", time.localtime(start)), reason,
+                    time.strftime("%H:%M:%S", time.localtime(start + _outage_limit_s)),
+                    _outage_limit_s)
+                last_report = now
+            time.sleep(min(2.0 ** attempt, 30.0, max(start + _outage_limit_s - now, 0.1)))
+            attempt += 1
+            continue
+        finally:
+            slow.cancel()
+        if start is not None:
+            logging.warning("storage answers again (%s %s, after %.0f s)", operation.__name__, url,
+                        time.time() - start)
+        return result
 
 
 def is_url(path: str) -> bool:
@@ -56,24 +152,29 @@ def absolute(path: str) -> str:
     return path.rstrip("/") if is_url(path) else os.path.abspath(path)
 
 
+@_retried
 def exists(path: str) -> bool:
     return epath.Path(path).exists()
 
 
+@_retried
 def isdir(path: str) -> bool:
     return epath.Path(path).is_dir()
 
 
+@_retried
 def isfile(path: str) -> bool:
     return epath.Path(path).is_file()
 
 
+@_retried
 def makedirs(path: str) -> None:
     """Creates the folder and its parents (an object store has no folders: nothing is done, and
     no bucket is created)."""
     epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
+@_retried
 def listdir(path: str) -> list[str]:
     """The sorted names in folder `path` (FileNotFoundError if there is none)."""
     if is_url(path) and not isdir(path):  # (epath would list a file as a folder holding itself)
@@ -81,16 +182,19 @@ def listdir(path: str) -> list[str]:
     return sorted(child.name for child in epath.Path(path).iterdir())
 
 
+@_retried
 def remove(path: str) -> None:
     """Removes a file (FileNotFoundError if there is none)."""
     epath.Path(path).unlink()
 
 
+@_retried
 def rmtree(path: str) -> None:
     """Removes a folder and everything in it (nothing if there is none)."""
     epath.Path(path).rmtree(missing_ok=True)
 
 
+@_retried
 def replace(source: str, target: str) -> None:
     """Moves a file or folder to `target`, replacing a file there. Atomic locally; for URLs a copy
     and a delete (object stores have no rename), so `target` must not be read meanwhile."""
@@ -112,16 +216,19 @@ def open(path: str, mode: str = "r", **kwargs) -> IO:  # noqa: A001 (mirrors the
     return io.TextIOWrapper(epath.Path(path).open(mode + "b"), **{"encoding": "utf-8", **kwargs})
 
 
+@_retried
 def read_text(path: str) -> str:
     return epath.Path(path).read_bytes().decode("utf-8")
 
 
+@_retried
 def getmtime(path: str) -> float:
     if not is_url(path):  # (epath's local stat looks up the owner's name: fails for unnamed uids)
         return os.path.getmtime(path)
     return float(epath.Path(path).stat().mtime)
 
 
+@_retried
 def touch(path: str) -> None:
     """Refreshes the modification time (for a URL: uploads the same bytes again)."""
     if not is_url(path):
@@ -150,7 +257,7 @@ def atomic_write(path: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="bigvar-upload-") as folder:
             tmp = os.path.join(folder, _temporary_name(os.path.basename(path)))
             yield tmp
-            filesystem(path).put_file(tmp, path)
+            upload(tmp, path)
         return
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, _temporary_name(name))
@@ -162,6 +269,7 @@ def atomic_write(path: str) -> Iterator[str]:
             os.remove(tmp)
 
 
+@_retried
 def upload(local_path: str, path: str) -> None:
     """Copies a local file to `path` (a URL or a local path) in one piece."""
     if is_url(path):
@@ -171,6 +279,7 @@ def upload(local_path: str, path: str) -> None:
             shutil.copyfile(local_path, tmp)
 
 
+@_retried
 def create_exclusive(path: str, data: bytes) -> bool:
     """Creates file `path` holding `data` if no file is there; True if this call created it.
 
@@ -193,8 +302,8 @@ def create_exclusive(path: str, data: bytes) -> bool:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
     fs = filesystem(path)
-    if fs.exists(path):
-        return False
+    if fs.exists(path):  # (ours, when a retry follows an answer that was lost)
+        return fs.cat_file(path) == data
     try:
         with fs.open(path, "xb") as f:
             f.write(data)
@@ -208,6 +317,7 @@ def create_exclusive(path: str, data: bytes) -> bool:
         return False
 
 
+@_retried
 def load_npz(path: str) -> dict[str, np.ndarray]:
     """Every array of an .npz file, read whole (a URL is downloaded first: np.load's many small
     seeks would each be a request)."""

@@ -37,6 +37,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Emulator:
+    """The emulator's process, which a test may stop (an outage) and start again on the same
+    port and objects. `env` points the clients at it (see `running`)."""
+
+    def __init__(self, data_dir, bucket: str, soft_delete: bool, timeout: float):
+        self.port, self.timeout = _free_port(), timeout
+        self.args = [sys.executable, os.path.abspath(__file__), str(self.port), str(data_dir),
+                     bucket, str(int(soft_delete))]
+        os.makedirs(data_dir, exist_ok=True)
+        self.log_path = os.path.join(data_dir, "..", "gcs_emulator.log")
+        self.server = None
+        url = f"http://127.0.0.1:{self.port}"
+        self.env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+                    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
+                    # gcsfs's probe of the bucket type (a gRPC API the emulator lacks) off
+                    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+    def start(self) -> None:
+        with open(self.log_path, "a") as log:
+            self.server = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + self.timeout
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+                return
+            if self.server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the GCS emulator did not start (see {self.log_path})")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait()
+            self.server = None
+
+
+@contextlib.contextmanager
+def serving(data_dir, bucket: str = "bigvar-test", timeout: float = 30,
+            soft_delete: bool = True) -> Iterator[Emulator]:
+    """`running`, yielding the `Emulator` (to stop and start it) instead of its `env`."""
+    emulator = Emulator(data_dir, bucket, soft_delete, timeout)
+    open(emulator.log_path, "w").close()
+    try:
+        emulator.start()
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 @contextlib.contextmanager
 def running(data_dir, bucket: str = "bigvar-test", timeout: float = 30,
             soft_delete: bool = True) -> Iterator[dict]:
@@ -44,29 +92,8 @@ def running(data_dir, bucket: str = "bigvar-test", timeout: float = 30,
     yields the environment variables that point gcsfs and TensorStore at it. `soft_delete=False`
     deletes objects at once (the emulator keeps soft-deleted ones in one index file that it
     rewrites at every request: long benchmarks slow down as it grows)."""
-    port = _free_port()
-    os.makedirs(data_dir, exist_ok=True)
-    log = open(os.path.join(data_dir, "..", "gcs_emulator.log"), "w")
-    server = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port), str(data_dir),
-                               bucket, str(int(soft_delete))],
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + timeout
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-                break
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the GCS emulator did not start (see {log.name})")
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{port}"
-        yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-               "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
-               # gcsfs's probe of the bucket type (a gRPC API the emulator lacks) off
-               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-    finally:
-        server.kill()
-        server.wait()
-        log.close()
+    with serving(data_dir, bucket, timeout, soft_delete) as emulator:
+        yield emulator.env
 
 
 def received(env: dict) -> dict:

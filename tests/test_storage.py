@@ -338,3 +338,66 @@ def test_train_resume_export_and_sample_with_everything_in_a_bucket(gcs):
     assert storage.isfile(f"{out}/samples/grid.png")
     again = _cli(sample, gcs)  # a rerun finds every batch made
     assert "2 of 2 batches were finished" in again.stderr
+
+
+def _sample_through_an_outage(emulator, data_dir, run: str, outage_s: float | None,
+                              storage_timeout: float) -> subprocess.CompletedProcess:
+    """A sampling job in gs://BUCKET/run whose storage goes away once its first part is
+    written, for `outage_s` seconds (None: until the job has ended)."""
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [sys.executable, "-m", "bigvar.main", "--config=configs/var_tiny.py",
+            "--config.mode=sample", f"--workdir=gs://{BUCKET}/{run}", "--config.allow_random_init=True",
+            "--config.sample.classes=(1,2,3,4,5,6,7,8)", "--config.sample.images_per_class=2",
+            "--config.sample.batch_size=2", f"--storage_timeout={storage_timeout}"]
+    log = data_dir.parent / f"{run}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **emulator.env, "JAX_PLATFORMS": "cpu"})
+    first_part = _object(data_dir, run, "samples/parts/batch_00000.npz")
+    while not os.path.exists(first_part) and proc.poll() is None:
+        time.sleep(0.05)
+    emulator.stop()
+    if outage_s is None:
+        proc.wait(600)
+    else:
+        time.sleep(outage_s)
+    emulator.start()
+    proc.wait(600)
+    return subprocess.CompletedProcess(args, proc.returncode, log.read_text())
+
+
+def _object(data_dir, run: str, name: str) -> str:
+    """Where the emulator keeps the bytes of gs://BUCKET/run/name."""
+    return os.path.join(data_dir, ".cloudstorage", BUCKET, run, name)
+
+
+@pytest.mark.slow
+def test_a_storage_outage_is_waited_out_and_one_longer_than_the_limit_is_one_line(tmp_path):
+    """gs:// storage gone for 45 s while a sampling job writes (longer than gcsfs's own ~30 s of
+    retries): the job says what it waits for, goes on when storage is back and finishes; with
+    --storage_timeout=20 and storage gone for good, it stops with one line (before: a
+    ClientConnectorError traceback through images.save_png after ~40 s), and the rerun finishes
+    the job with the same samples."""
+    data_dir = tmp_path / "gcs" / "data"
+    with gcs_emulator.serving(data_dir, bucket=BUCKET) as emulator:
+        waited = _sample_through_an_outage(emulator, data_dir, "waits", 45, 600)
+        assert waited.returncode == 0, waited.stdout[-3000:]
+        assert "storage did not answer upload gs://" in waited.stdout
+        assert "retrying until" in waited.stdout and "storage answers again" in waited.stdout
+
+        stopped = _sample_through_an_outage(emulator, data_dir, "stops", None, 20)
+        assert stopped.returncode == 2, stopped.stdout[-3000:]
+        last = stopped.stdout.strip().splitlines()[-1]
+        assert last.startswith(f"error: gs://{BUCKET}/stops/samples/") and (
+            "storage did not answer for" in last and "rerun the same command" in last), last
+        assert "Traceback" not in stopped.stdout
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        rerun = subprocess.run(stopped.args, cwd=root, capture_output=True, text=True, timeout=600,
+                               env={**os.environ, **emulator.env, "JAX_PLATFORMS": "cpu"})
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        same = [np.load(_object(data_dir, run, "samples/samples.npz"))["arr_0"]
+                for run in ("waits", "stops")]
+        assert same[0].shape[0] == 16
+        np.testing.assert_array_equal(*same)
