@@ -15,6 +15,8 @@ def get_config(arg=None):
     config.bae.update(nf=32, emb_dim=32)
     config.allow_random_init = True
     config.data.update(source="procedural", num_classes=10)  # the built-in dataset
+    # a smoke run's training, not the full model's recipe (its global batch would need ~60 GB)
+    config.train.update(batch_size=8, steps=100, checkpoint_every=50)
     config.sample.update(classes=(0, 1, 2, 3), images_per_class=2, batch_size=4, num_iter=4,
                          transcoder_steps=5, grid_cols=4)
     # 160 images: more passes and a larger rate than MAE's 90 epochs at 0.1 (LARS moves a small head slowly)

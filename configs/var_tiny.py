@@ -20,6 +20,8 @@ def get_config(arg=None):
     config.vae = msvq.config_section(ch=32, vocab_size=256)
     config.allow_random_init = True
     config.data.update(source="procedural", num_classes=10)  # the built-in dataset
+    # a smoke run's training, not the full model's recipe (its global batch would need ~60 GB)
+    config.train.update(batch_size=8, steps=100, checkpoint_every=50)
     config.sample.update(classes=(0, 1, 2, 3), images_per_class=2, batch_size=4,
                          top_k=50, top_p=0.95, grid_cols=4)
     return config

@@ -367,3 +367,15 @@ def test_progressive_training_steps_a_cropped_sequence_with_the_ramped_weight():
     state, full = trainer.step_fn(3)(state, tok, batch, jnp.float32(1.0))
     assert "Lt" not in early and "Lt" in full and int(state["step"]) == 2
     assert np.isfinite(float(early["loss"])) and np.isfinite(float(full["loss"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["var_tiny", "bigr_tiny"])
+def test_a_tiny_config_trains_with_its_own_defaults(config, tmp_path):
+    """The tiny configs are smoke runs on one CPU: before, their training inherited the full
+    model's global batch (768 for VAR-d16) and died allocating 58 GB at the first step."""
+    proc = subprocess.run([sys.executable, "-m", "bigvar.main", f"--config=configs/{config}.py",
+                           f"--workdir={tmp_path / 'run'}", "--config.mode=train",
+                           "--config.train.steps=1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
