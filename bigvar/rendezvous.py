@@ -55,6 +55,13 @@ def _names(ids) -> str:
     return ("process " if len(ids) == 1 else "processes ") + ", ".join(map(str, ids))
 
 
+def _never_joined(missing, num_processes: int, address: str, timeout: float) -> UserError:
+    """The one line every process that came ends with (process 0 and those it told)."""
+    return UserError(f"{_names(missing)} of {num_processes} never joined the job at {address} in "
+                     f"{timeout:g} s: start the same command there with --process_id set, or "
+                     "raise --join_timeout")
+
+
 def gather(address: str, num_processes: int, timeout: float,
            report: Callable[[str], None] = print) -> None:
     """Process 0: waits until processes 1 … num_processes-1 have checked in at `address`'s port,
@@ -77,9 +84,7 @@ def gather(address: str, num_processes: int, timeout: float,
                 for conn in arrived.values():
                     with contextlib.suppress(OSError):
                         conn.sendall(f"missing {','.join(map(str, sorted(missing)))}\n".encode())
-                raise UserError(f"{_names(missing)} of {num_processes} never joined the job at "
-                                f"{address} in {timeout:g} s: start the same command there with "
-                                "--process_id set, or raise --join_timeout")
+                raise _never_joined(missing, num_processes, address, timeout)
             if now >= next_report:
                 waiting = sorted(set(range(1, num_processes)) - set(arrived))
                 report(f"process 0: waiting for {_names(waiting)} of {num_processes} to join at "
@@ -145,9 +150,7 @@ def join(address: str, num_processes: int, process_id: int, timeout: float,
         return
     if answer.startswith("missing "):
         missing = [int(i) for i in answer.split()[1].split(",")]
-        raise UserError(f"{_names(missing)} of {num_processes} never joined the job at {address} "
-                        f"in {timeout:g} s: start the same command there with --process_id set, "
-                        "or raise --join_timeout")
+        raise _never_joined(missing, num_processes, address, timeout)
     if answer.startswith("refused "):
         raise UserError(f"process 0 at {address} refused process {process_id}: "
                         f"{answer.removeprefix('refused ')}")

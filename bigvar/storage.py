@@ -74,7 +74,7 @@ def _transient(error: BaseException) -> bool:
     gcsfs_retry = sys.modules.get("gcsfs.retry")
     if gcsfs_retry is not None and gcsfs_retry.is_retriable(error):
         return True
-    return isinstance(error, (OSError, TimeoutError)) or type(error).__module__.startswith("aiohttp")
+    return isinstance(error, OSError) or type(error).__module__.startswith("aiohttp")
 
 
 def _retried(operation: Callable[..., T]) -> Callable[..., T]:
