@@ -4,6 +4,8 @@ import logging
 
 from absl import logging as absl_logging
 
+from bigvar import storage
+
 
 class QuietLibraries(logging.Filter):
     """Keeps the libraries' warnings and drops their INFO chatter: orbax narrates every
@@ -13,6 +15,8 @@ class QuietLibraries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("gcsfs"):  # its failed requests, each with a traceback:
             return False  # bigvar.storage reports outages (and raises what is not one) itself
+        if "orbax" in record.pathname and record.exc_info and storage.is_transient(record.exc_info[1]):
+            return False  # a checkpoint that storage failed: bigvar.train.checkpoints reports it
         return record.levelno >= logging.WARNING or not (
             "orbax" in record.pathname or record.name.startswith("fsspec") or record.pathname.endswith("xla_bridge.py"))
 

@@ -185,7 +185,7 @@ def main(argv):
         summary = run(_CONFIG.value, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _leave(2)
     except Preempted as e:  # the checkpoint landed: leave the job as usual, then exit 75
         summary, preempted = e.summary, e
     if summary:
@@ -200,7 +200,21 @@ def main(argv):
     if preempted is not None:
         # EX_TEMPFAIL, not 0: XPK/JobSet, SLURM and launch/tpu_vm.sh restart the job on it.
         print(preempted, file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT_STATUS)
+        _leave(PREEMPTED_EXIT_STATUS)
+    _leave(0)
+
+
+def _leave(status: int) -> None:
+    """Exits with `status`; at once where a checkpoint save that storage failed left orbax's
+    threads waiting minutes for it (`checkpoints.saves_left_threads`), which the interpreter's
+    exit would join: what the job wrote has landed or been given up by then."""
+    checkpoints = sys.modules.get("bigvar.train.checkpoints")
+    if checkpoints is not None and checkpoints.saves_left_threads():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    if status:
+        sys.exit(status)
 
 
 def unknown_field_message(error: BaseException, argv: list[str]) -> str | None:

@@ -62,15 +62,23 @@ class StorageUnavailable(UserError):
     """A store did not answer for longer than the outage limit."""
 
 
+_gave_up: str | None = None  # why an operation gave up: the job is stopping, the rest fail at once
+
+
 def set_outage_limit(seconds: float) -> None:
     """How long operations on URLs keep retrying through an outage (`--storage_timeout`)."""
-    global _outage_limit_s
-    _outage_limit_s = float(seconds)
+    global _outage_limit_s, _gave_up
+    _outage_limit_s, _gave_up = float(seconds), None
 
 
-def _transient(error: BaseException) -> bool:
+def is_transient(error: BaseException) -> bool:
+    """True when `error` means the store did not answer (worth retrying), not that it said no."""
     if isinstance(error, _ANSWERS):
         return False
+    text = str(error)  # TensorStore (orbax's array writes) raises ValueError with a status code
+    if isinstance(error, ValueError) and (text.startswith(("UNAVAILABLE:", "DEADLINE_EXCEEDED:"))
+                                          or "retry attempts failed" in text):
+        return True
     gcsfs_retry = sys.modules.get("gcsfs.retry")
     if gcsfs_retry is not None and gcsfs_retry.is_retriable(error):
         return True
@@ -85,43 +93,62 @@ def _retried(operation: Callable[..., T]) -> Callable[..., T]:
             remote = [a for a in args if isinstance(a, str) and is_url(a)]  # upload(local, url)
             if not remote:
                 return operation(path, *args, **kwargs)
-            return _retried_call(operation, remote[0], path, *args, **kwargs)
-        return _retried_call(operation, path, path, *args, **kwargs)
+            return retried_call(operation, remote[0], path, *args, **kwargs)
+        return retried_call(operation, path, path, *args, **kwargs)
     retried.__name__, retried.__doc__ = operation.__name__, operation.__doc__
     retried.__wrapped__ = operation
     return retried
 
 
-def _retried_call(operation: Callable[..., T], url: str, *args, **kwargs) -> T:
-    """`operation(*args, **kwargs)`, which reads or writes `url`, through outages."""
-    start = last_report = None
+@contextlib.contextmanager
+def still_waiting(what: str) -> Iterator[None]:
+    """Logs `still waiting for storage: <what> (since HH:MM:SS)` when the block has run for 10 s,
+    and every 30 s after (gcsfs retries a failed request for ~30 s before it raises)."""
+    began = time.strftime("%H:%M:%S")
+    done = threading.Event()
+
+    def report():
+        delay = _SLOW_S
+        while not done.wait(delay):
+            logging.warning("still waiting for storage: %s (since %s)", what, began)
+            delay = _REPORT_EVERY_S
+    reporter = threading.Thread(target=report, daemon=True, name="storage-wait")
+    reporter.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def retried_call(operation: Callable[..., T], url: str, *args, since: float | None = None,
+                 what: str | None = None, **kwargs) -> T:
+    """`operation(*args, **kwargs)`, which reads or writes `url`, through outages; `since`: when
+    the outage began, if an earlier operation already met it (the limit counts from then);
+    `what`: how reports name the operation (`<what> <url>`; by default its function's name)."""
+    _stop_if_given_up()
+    start, last_report = since, None
+    what = what or operation.__name__
     attempt = 0
     while True:
         began = time.time()
-        # gcsfs itself retries a failed request for ~30 s: say so while it does
-        slow = threading.Timer(_SLOW_S, logging.warning, args=(
-            "still waiting for storage: %s %s (since %s)", operation.__name__, url,
-            time.strftime("%H:%M:%S", time.localtime(began))))
-        slow.daemon = True
-        slow.start()
         try:
-            result = operation(*args, **kwargs)
+            with still_waiting(f"{what} {url}"):
+                result = operation(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 (classified below)
-            if not _transient(error):
+            if not is_transient(error):
                 raise
             now = time.time()
             start = start or began  # (gcsfs retried for ~30 s before giving up)
             waited = now - start
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             if waited >= _outage_limit_s:
-                raise StorageUnavailable(
-                    f"{url}: storage did not answer for {waited:.0f} s ({reason}); stopped with "
-                    "every finished file in place: rerun the same command when it is back "
-                    f"(or raise --storage_timeout, now {_outage_limit_s:g} s)") from error
+                _give_up(f"{url}: storage did not answer for {waited:.0f} s ({reason}); stopped "
+                         "with every finished file in place: rerun the same command when it is "
+                         f"back (or raise --storage_timeout, now {_outage_limit_s:g} s)")
             if last_report is None or now - last_report >= _REPORT_EVERY_S:
                 logging.warning(
                     "storage did not answer %s %s since %s (%s); retrying until %s "
-                    "(--storage_timeout=%g s)", operation.__name__, url,
+                    "(--storage_timeout=%g s)", what, url,
                     time.strftime("%H:%M:%S", time.localtime(start)), reason,
                     time.strftime("%H:%M:%S", time.localtime(start + _outage_limit_s)),
                     _outage_limit_s)
@@ -129,12 +156,24 @@ def _retried_call(operation: Callable[..., T], url: str, *args, **kwargs) -> T:
             time.sleep(min(2.0 ** attempt, 30.0, max(start + _outage_limit_s - now, 0.1)))
             attempt += 1
             continue
-        finally:
-            slow.cancel()
         if start is not None:
-            logging.warning("storage answers again (%s %s, after %.0f s)", operation.__name__, url,
+            logging.warning("storage answers again (%s %s, after %.0f s)", what, url,
                         time.time() - start)
         return result
+
+
+def _give_up(reason: str) -> None:
+    """Raises StorageUnavailable(reason), as every later operation on a URL will at once: the job
+    stops, and its cleanup (closing logs, releasing the lock) must not wait out another outage;
+    the error the user reads names the first operation that gave up."""
+    global _gave_up
+    _gave_up = _gave_up or reason
+    raise StorageUnavailable(_gave_up)
+
+
+def _stop_if_given_up() -> None:
+    if _gave_up is not None:
+        raise StorageUnavailable(_gave_up)
 
 
 def is_url(path: str) -> bool:
@@ -361,9 +400,10 @@ class AppendMirror:
 
     def pull(self) -> bool:
         """Makes the local file a copy of the object, if there is one; True if there was."""
+        def download():
+            return self._fs.info(self.url), self._fs.cat_file(self.url)
         try:
-            info = self._fs.info(self.url)
-            data = self._fs.cat_file(self.url)
+            info, data = retried_call(download, self.url)
         except FileNotFoundError:
             return False
         with builtins.open(self.local, "wb") as f:
@@ -375,6 +415,7 @@ class AppendMirror:
 
     def sync(self) -> None:
         """Makes the object a copy of the local file as it is now."""
+        _stop_if_given_up()
         stat = os.stat(self.local)
         file, size = (stat.st_dev, stat.st_ino), stat.st_size
         if self._synced is not None and self._synced[0] == file:
@@ -393,8 +434,11 @@ class AppendMirror:
         self._synced = None
         with builtins.open(self.local, "rb") as f:
             data = f.read(size)  # (exactly `size` bytes: a writer thread may be appending)
-        self._fs.pipe_file(self.url, data)
-        info = self._fs.info(self.url)
+
+        def upload():
+            self._fs.pipe_file(self.url, data)
+            return self._fs.info(self.url)
+        info = retried_call(upload, self.url)  # (through outages, as every operation on a URL)
         if int(info["size"]) == size:
             self._synced = (file, size, info.get("generation"))
 

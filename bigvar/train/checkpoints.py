@@ -26,6 +26,23 @@ from bigvar.checksums import array_checksums
 from bigvar.errors import UserError
 
 
+_failed_saves = 0  # saves that storage failed in this process (see `saves_left_threads`)
+
+
+def saves_left_threads() -> bool:
+    """True when a save that storage failed left orbax's threads of that save waiting (up to
+    orbax's 300 s barrier) for a step directory that was never made; the interpreter's exit would
+    wait for them. Everything that was to be written has been written or given up by then, so
+    the entry point may leave at once."""
+    return _failed_saves > 0
+
+
+def _count_failed_save(error: BaseException) -> None:
+    global _failed_saves
+    if storage.is_transient(error):
+        _failed_saves += 1
+
+
 class CheckpointsUnrestorable(UserError):
     pass
 
@@ -55,23 +72,64 @@ def _first_line(error: BaseException, limit: int = 200) -> str:
 
 
 class Checkpoints:
+    """Storage outages (`bigvar.storage`): every operation is retried while storage does not
+    answer, up to `--storage_timeout` counted from the first failure, then `StorageUnavailable`.
+    A checkpoint counts only once orbax has marked it complete, so one that storage failed is
+    never restored; the next save replaces it (the last one is retried at once: its state is at
+    hand)."""
+
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
         self.directory = storage.absolute(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = storage.retried_call(ocp.CheckpointManager, self.directory, self.directory,
+                                            options=options, what="opening checkpoints in")
+        self._running: int | None = None  # the step whose asynchronous save may be running
+        self._outage_since: float | None = None  # when a save that storage failed began
 
     def steps(self) -> list[int]:
-        return sorted(self.manager.all_steps())
+        return sorted(storage.retried_call(self.manager.all_steps, self.directory,
+                                           what="listing checkpoints in"))
 
-    def save(self, step: int, state: Any, data_state: dict | None) -> None:
+    def save(self, step: int, state: Any, data_state: dict | None, *, last: bool = False) -> None:
         """Starts writing checkpoint `step` (returns before the write finishes when async), with
-        a checksum of every array."""
+        a checksum of every array; `last`: waits until it has landed."""
+        self._settle()
         items = dict(state=ocp.args.StandardSave(state),
                      integrity=ocp.args.JsonSave({"checksums": array_checksums(state)}))
         if data_state is not None:
             items["data"] = ocp.args.JsonSave(data_state)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+        def write():
+            try:
+                self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+                self._running = step
+                if last:
+                    self._settle(retry=True)
+            except Exception as error:
+                _count_failed_save(error)
+                raise
+        storage.retried_call(write, self.directory, since=self._outage_since,
+                             what=f"writing checkpoint {step} to")
+
+    def _settle(self, *, retry: bool = False) -> None:
+        """Waits for the asynchronous save that is running, if any. One that storage failed is
+        reported and left to the next save to replace (`retry`: raised, for it to be retried)."""
+        if self._running is None:
+            return
+        step, self._running = self._running, None
+        try:
+            with storage.still_waiting(f"writing checkpoint {step} to {self.directory}"):
+                self.manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001 (classified below)
+            if retry or not storage.is_transient(error):
+                raise
+            _count_failed_save(error)
+            self._outage_since = self._outage_since or time.time()
+            logging.warning("checkpoint %d was not written: storage did not answer (%s); the "
+                            "next checkpoint replaces it", step, _first_line(error))
+            return
+        self._outage_since = None
 
     def _restore(self, step: int, abstract_state: Any, with_data: bool) -> dict:
         """Reads checkpoint `step` (this process's shards: no collective)."""
@@ -81,7 +139,9 @@ class Checkpoints:
         if storage.isdir(os.path.join(self.directory, str(step), "integrity")):
             items["integrity"] = ocp.args.JsonRestore()
         with _quiet_orbax():
-            return self.manager.restore(step, args=ocp.args.Composite(**items))
+            return storage.retried_call(self.manager.restore, self.directory, step,
+                                        args=ocp.args.Composite(**items),
+                                        what=f"reading checkpoint {step} from")
 
     @staticmethod
     def _verify(restored: dict) -> None:
@@ -114,6 +174,8 @@ class Checkpoints:
             restored, error = None, None
             try:
                 restored = self._restore(step, abstract_state, with_data)
+            except storage.StorageUnavailable:
+                raise  # (not a damaged checkpoint)
             except Exception as e:  # orbax raises many types for damaged files
                 error = e
             if not multihost.all_true(error is None):
@@ -157,10 +219,11 @@ class Checkpoints:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._settle()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for a save that is running (one that storage fails is reported) and closes."""
+        self._settle()
         self.manager.close()
 
 

@@ -155,7 +155,7 @@ def _train(config, workdir: str, mesh, spec: LoopSpec) -> tuple[dict, Any]:
                 ckpts.save(step, state, {  # the chief writes it: it holds every process's
                     "iterators": multihost.gather_json(  # data position
                         json.loads(data_lib.iterator_state_to_bytes(data_iter))),
-                    "metrics": window.state()})
+                    "metrics": window.state()}, last=step == spec.steps or stopping)
             if (spec.grids and spec.grid_every and not stopping
                     and (step % spec.grid_every == 0 or step == spec.steps)):
                 finish_pending()
