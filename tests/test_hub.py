@@ -185,6 +185,15 @@ def test_from_hub_downloads_verifies_converts_then_uses_the_cache(fake_hub, hf_e
     assert len(fake_hub.requests) == n_requests
     _assert_same_params(offline_out, ref)
 
+    # The same cache reached through a symlink, by a relative path (a cache on a mounted drive):
+    # still "in the cache" (before: "downloaded", as huggingface_hub resolves the path it returns).
+    (tmp_path / "linked").symlink_to(hf_env)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", "linked")
+    assert convert_cli.main(["var", "--from_hub=tiny", f"--out={tmp_path / 'linked_out'}"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("in the cache, ") == 2 and "downloaded" not in stdout, stdout
+
 
 def test_bigr_from_hub_with_the_official_table_entry(fake_hub, tmp_path, capsys):
     """The real `l_d24` entry (nested file names bae/bae_d24/…, gpt/…), served tiny files."""

@@ -109,10 +109,11 @@ def cache_dir() -> str:
     from huggingface_hub import constants
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
-            return os.path.expanduser(os.path.expandvars(os.environ[var]))
+            return os.path.abspath(os.path.expanduser(os.path.expandvars(os.environ[var])))
     if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.path.expandvars(os.environ["HF_HOME"])), "hub")
-    return constants.HF_HUB_CACHE
+        return os.path.abspath(os.path.join(
+            os.path.expanduser(os.path.expandvars(os.environ["HF_HOME"])), "hub"))
+    return os.path.abspath(constants.HF_HUB_CACHE)
 
 
 def offline() -> bool:
@@ -141,7 +142,9 @@ def fetch(kind: str, name: str, model: HubModel | None = None) -> dict:
                 endpoint=endpoint(), local_files_only=offline(), library_name="bigvar")
         except _download_errors() as e:
             raise HubError(_download_failed(kind, name, model, hub_file, e)) from e
-        how = "in the cache" if isinstance(cached, str) and cached == path else "downloaded"
+        # (huggingface_hub resolves symlinks in the path it returns, not in the one it finds)
+        how = ("in the cache" if isinstance(cached, str)
+               and os.path.realpath(cached) == os.path.realpath(path) else "downloaded")
         digest = verify(path, hub_file, _hub_sha256(path, model, hub_file), model, kind, name)
         print(f"  {hub_file.filename}: {how}, {path} "
               f"({'sha256 ' + digest[:12] + '… verified' if digest else 'no published sha256 to check'})",
