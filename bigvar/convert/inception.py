@@ -18,7 +18,6 @@ mis-shaped.
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import numpy as np
@@ -65,14 +64,6 @@ def tf_scopes() -> dict[str, str]:
     return scopes
 
 
-@functools.lru_cache(maxsize=1)
-def param_shapes() -> dict:
-    """{"params": …} of ShapeDtypeStructs of `InceptionV3`."""
-    model = inception.InceptionV3()
-    x = jax.ShapeDtypeStruct((1, inception.INPUT_SIZE, inception.INPUT_SIZE, 3), np.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), x)
-
-
 _BN_TORCH = {"scale": "weight", "bias": "bias", "running_mean": "running_mean",
              "running_var": "running_var"}
 
@@ -80,7 +71,7 @@ _BN_TORCH = {"scale": "weight", "bias": "bias", "running_mean": "running_mean",
 def torch_table() -> dict[str, tuple[str, tuple[int, ...]]]:
     """pytorch-fid key → (flax path, torch shape)."""
     table = {}
-    for path, leaf in flatten(param_shapes()["params"]).items():
+    for path, leaf in flatten(inception.param_shapes()["params"]).items():
         *module, leaf_name = path.split("/")
         if leaf_name == "kernel" and module[-1] == "conv":
             kh, kw, c_in, c_out = leaf.shape
@@ -117,7 +108,7 @@ def convert_state_dict(sd: dict, what: str) -> dict:
         elif path == "fc/kernel":
             value = linear(value)
         set_path(params, path, value)
-    check_against(param_shapes()["params"], params, f"{what}: the InceptionV3 weights",
+    check_against(inception.param_shapes()["params"], params, f"{what}: the InceptionV3 weights",
                   display=lambda p: next((k for k, (fp, _) in table.items() if fp == p), p))
     return {"params": params}
 

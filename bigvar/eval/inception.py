@@ -241,6 +241,13 @@ def check_images(images, what: str) -> None:
             "move channels last (x.transpose(0, 2, 3, 1)) if they come first.")
 
 
+@functools.lru_cache(maxsize=1)
+def param_shapes() -> dict:
+    """{"params": …} of ShapeDtypeStructs of `InceptionV3`."""
+    x = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), np.float32)
+    return jax.eval_shape(InceptionV3().init, jax.random.key(0), x)
+
+
 def load_inception(weights_dir: str) -> dict:
     """{"params": …} from a directory written by `python -m bigvar.convert inception`."""
     from bigvar import weights
@@ -248,7 +255,6 @@ def load_inception(weights_dir: str) -> dict:
            f"--out={weights_dir}` (or --graph=classify_image_graph_def.pb) and pass it as "
            "--config.eval.inception")
     weights.require_model(weights_dir, "inception", "an FID InceptionV3", how)
-    from bigvar.convert.inception import param_shapes
     return weights.load_weights(weights_dir, param_shapes())
 
 
