@@ -427,6 +427,22 @@ def _through_an_outage(emulator, data_dir, run: str, after: str, outage_s: float
     return subprocess.CompletedProcess(args, proc.returncode, log.read_text())
 
 
+def _stopped_in_one_line_and_rerun(stopped: subprocess.CompletedProcess, url: str, emulator
+                                   ) -> subprocess.CompletedProcess:
+    """Checks that a job whose storage went away for good stopped with one line naming a path
+    under `url` (exit 2, no traceback); reruns it with storage back, which must finish."""
+    assert stopped.returncode == 2, stopped.stdout[-3000:]
+    last = stopped.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"error: {url}") and (
+        "storage did not answer for" in last and "rerun the same command" in last), last
+    assert "Traceback" not in stopped.stdout
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rerun = subprocess.run(stopped.args, cwd=root, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **emulator.env, "JAX_PLATFORMS": "cpu"})
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return rerun
+
+
 def _object(data_dir, run: str, name: str) -> str:
     """Where the emulator keeps the bytes of gs://BUCKET/run/name."""
     return os.path.join(data_dir, ".cloudstorage", BUCKET, run, name)
@@ -447,16 +463,7 @@ def test_a_storage_outage_is_waited_out_and_one_longer_than_the_limit_is_one_lin
         assert "retrying until" in waited.stdout and "storage answers again" in waited.stdout
 
         stopped = _sample_through_an_outage(emulator, data_dir, "stops", None, 20)
-        assert stopped.returncode == 2, stopped.stdout[-3000:]
-        last = stopped.stdout.strip().splitlines()[-1]
-        assert last.startswith(f"error: gs://{BUCKET}/stops/samples/") and (
-            "storage did not answer for" in last and "rerun the same command" in last), last
-        assert "Traceback" not in stopped.stdout
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        rerun = subprocess.run(stopped.args, cwd=root, capture_output=True, text=True, timeout=600,
-                               env={**os.environ, **emulator.env, "JAX_PLATFORMS": "cpu"})
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        _stopped_in_one_line_and_rerun(stopped, f"gs://{BUCKET}/stops/samples/", emulator)
         same = [np.load(_object(data_dir, run, "samples/samples.npz"))["arr_0"]
                 for run in ("waits", "stops")]
         assert same[0].shape[0] == 16
@@ -483,16 +490,7 @@ def test_training_waits_out_a_storage_outage_and_stops_with_one_line_after_the_l
 
         stopped = _through_an_outage(emulator, data_dir, "train-stops", first_checkpoint, None,
                                      train + ["--storage_timeout=20"])
-        assert stopped.returncode == 2, stopped.stdout[-3000:]
-        last = stopped.stdout.strip().splitlines()[-1]
-        assert last.startswith(f"error: gs://{BUCKET}/train-stops/") and (
-            "storage did not answer for" in last and "rerun the same command" in last), last
-        assert "Traceback" not in stopped.stdout
-
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        rerun = subprocess.run(stopped.args, cwd=root, capture_output=True, text=True, timeout=600,
-                               env={**os.environ, **emulator.env, "JAX_PLATFORMS": "cpu"})
-        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        rerun = _stopped_in_one_line_and_rerun(stopped, f"gs://{BUCKET}/train-stops/", emulator)
         assert "resumed from step 4" in rerun.stderr
         finals = [[json.loads(line) for line in open(_object(data_dir, run, "logs/metrics.jsonl"))
                    ][-1] for run in ("train-waits", "train-stops")]
