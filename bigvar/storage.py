@@ -52,7 +52,7 @@ fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
 T = TypeVar("T")
 _outage_limit_s = 600.0
 _REPORT_EVERY_S = 30.0
-_SLOW_S = 10.0  # an operation that has not returned by then is reported (once)
+_SLOW_S = 10.0  # an operation that has not returned by then is reported, then every _REPORT_EVERY_S
 # The errors that mean "the store did not answer", not "the answer is no".
 _ANSWERS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
             PermissionError)
